@@ -1,0 +1,98 @@
+//! Wires the subsystems together and runs the agent until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::fsaccess::FsAccess;
+use crate::host_api::Services;
+use crate::hostinfo::HostInfo;
+use crate::http::AppState;
+use crate::metrics::Exposition;
+use crate::plugins::PluginManager;
+use crate::runtime::Runtime;
+use crate::storage::Store;
+
+/// Runs the agent with `config` until a termination signal.
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.plugin_dir).with_context(|| {
+        format!("cannot create the plugin directory {}", config.plugin_dir.display())
+    })?;
+    // The watcher reports absolute paths; the table must use the same ones.
+    config.plugin_dir = std::fs::canonicalize(&config.plugin_dir).with_context(|| {
+        format!("cannot resolve the plugin directory {}", config.plugin_dir.display())
+    })?;
+    let config = Arc::new(config);
+    let host = HostInfo::detect(&config.region);
+    let store = Store::start(&config.storage, &config.data_dir, host.clone())
+        .with_context(|| format!("cannot open the local store in {}", config.data_dir.display()))?;
+    let cache = config
+        .runtime
+        .compile_cache
+        .then(|| config.data_dir.join("cache"));
+    let runtime = Runtime::new(cache)?;
+    let services = Arc::new(Services {
+        fs: FsAccess::open(&config.policy),
+        store: store.clone(),
+        host: host.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let manager = Arc::new(PluginManager::new(runtime, services, config.clone()));
+
+    // Watch before scanning so that a file dropped in during the scan is not missed.
+    let _watcher = crate::plugins::watcher::watch(
+        manager.clone(),
+        config.plugin_dir.clone(),
+        std::time::Duration::from_millis(config.runtime.reload_debounce_ms),
+    )
+    .with_context(|| format!("cannot watch {}", config.plugin_dir.display()))?;
+
+    let state = Arc::new(AppState {
+        manager: manager.clone(),
+        store,
+        exposition: Exposition::new(config.metrics.clone(), host.clone()),
+        bearer_token: config.http.bearer_token.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let server = tokio::spawn(crate::http::serve(state.clone(), listener, async {
+        let _ = http_stopped.await;
+    }));
+
+    tracing::info!(
+        hostname = %host.hostname,
+        region = %host.region,
+        plugin_dir = %config.plugin_dir.display(),
+        data_dir = %config.data_dir.display(),
+        "kpulse started"
+    );
+    manager.scan().await;
+    state.ready.store(true, Ordering::Release);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    manager.shutdown().await;
+    let _ = stop_http.send(());
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err).context("HTTP server failed"),
+        Err(err) => Err(err).context("HTTP server task failed"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

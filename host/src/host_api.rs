@@ -1,0 +1,416 @@
+//! The host side of the `kpulse:plugin` imports: per-instance state and one trait impl per
+//! WIT interface. Every value from a guest is untrusted: sizes are capped, paths checked,
+//! JSON validated, and every refusal is a typed error plus a counter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Result as WasmResult};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::fsaccess::{EntryKind, FsAccess, FsError, ReadGrant};
+use crate::hostinfo::HostInfo;
+use crate::plugins::actor::Call;
+use crate::plugins::stats::PluginStats;
+use crate::runtime::kpulse::plugin::{clock, fs, host, log, storage, types};
+use crate::runtime::{ErrorCode, Level, RunType};
+use crate::storage::{SaveError, SaveRequest, Store};
+
+/// Longest log line kept from a guest.
+const MAX_LOG_LINE: usize = 4096;
+/// Timers one instance may hold at once.
+const MAX_TIMERS: usize = 64;
+/// Shortest timer period; anything faster is clamped, so a guest cannot flood its mailbox.
+const MIN_TIMER_PERIOD: Duration = Duration::from_millis(10);
+/// Bytes of guest stderr kept for error reports (panic messages end up here).
+const STDERR_CAPACITY: usize = 256 * 1024;
+
+/// Agent-wide services the imports use.
+#[derive(Debug)]
+pub struct Services {
+    pub fs: FsAccess,
+    pub store: Store,
+    pub host: HostInfo,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Who the instance is and what it may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub stats: Arc<PluginStats>,
+    pub grant: ReadGrant,
+}
+
+/// The state of one plugin instance: WASI context, resource table, limits and timers.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub stderr: MemoryOutputPipe,
+    identity: Identity,
+    services: Arc<Services>,
+    timers: Timers,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// State for a new instance. `mailbox` is where timer firings are delivered; `None` for
+    /// throw-away instances such as `describe` probes, whose timers never fire.
+    pub fn new(
+        identity: Identity,
+        services: Arc<Services>,
+        memory_bytes: u64,
+        mailbox: Option<(UnboundedSender<Call>, u64)>,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // No preopens, no env, no args, no sockets, no name lookup: no ambient authority.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limiter = MemoryLimiter {
+            limit: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            exceeded: false,
+            stats: identity.stats.clone(),
+        };
+        let timers = Timers {
+            mailbox,
+            runtime: services.runtime.clone(),
+            next_id: 1,
+            active: HashMap::new(),
+        };
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            stderr,
+            identity,
+            services,
+            timers,
+        }
+    }
+
+    /// The last lines the guest wrote to stderr (a panic message, typically).
+    pub fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    fn denied(&self, err: &FsError) -> ErrorCode {
+        let code = match err {
+            FsError::Denied(_) => ErrorCode::AccessDenied,
+            FsError::NotFound(_) => return ErrorCode::NotFound,
+            FsError::Invalid(_) => ErrorCode::InvalidArgument,
+            FsError::TooLarge(_) => return ErrorCode::TooLarge,
+            FsError::Io { .. } => return ErrorCode::Io,
+        };
+        self.identity
+            .stats
+            .denied_reads
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(plugin = %self.identity.name, %err, "read refused");
+        code
+    }
+}
+
+/// Caps linear memory and records its size for `/metrics`.
+pub struct MemoryLimiter {
+    limit: usize,
+    /// Set when the guest asked for more than its cap; the trap is then reported as such.
+    pub exceeded: bool,
+    stats: Arc<PluginStats>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> WasmResult<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!(
+                "memory limit exceeded: the guest asked for {desired} bytes, the cap is {} bytes",
+                self.limit
+            ));
+        }
+        self.stats
+            .memory_bytes
+            .store(desired as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> WasmResult<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The host object behind a guest's `timer` handle.
+#[derive(Debug)]
+pub struct TimerHandle {
+    id: u64,
+}
+
+struct Timers {
+    mailbox: Option<(UnboundedSender<Call>, u64)>,
+    runtime: tokio::runtime::Handle,
+    next_id: u64,
+    active: HashMap<u64, AbortHandle>,
+}
+
+impl Timers {
+    fn arm(&mut self, after: Duration, every: Option<Duration>) -> Result<u64, ErrorCode> {
+        if self.active.len() >= MAX_TIMERS {
+            return Err(ErrorCode::TooLarge);
+        }
+        if every.is_some_and(|period| period.is_zero()) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let Some((mailbox, incarnation)) = self.mailbox.clone() else {
+            return Ok(id);
+        };
+        let every = every.map(|period| period.max(MIN_TIMER_PERIOD));
+        // Set while a firing waits in the mailbox: a busy plugin gets one, not a backlog.
+        let pending = Arc::new(AtomicBool::new(false));
+        let task = self.runtime.spawn(async move {
+            let fire = || {
+                if pending.swap(true, Ordering::AcqRel) {
+                    return true;
+                }
+                mailbox
+                    .send(Call::Timer {
+                        incarnation,
+                        id,
+                        pending: pending.clone(),
+                    })
+                    .is_ok()
+            };
+            let start = tokio::time::Instant::now() + after;
+            match every {
+                None => {
+                    tokio::time::sleep_until(start).await;
+                    fire();
+                }
+                Some(period) => {
+                    let mut ticks = tokio::time::interval_at(start, period);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    loop {
+                        ticks.tick().await;
+                        if !fire() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        self.active.insert(id, task.abort_handle());
+        Ok(id)
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(task) = self.active.remove(&id) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        for task in self.active.values() {
+            task.abort();
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &self.identity.name;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl host::Host for HostState {
+    fn info(&mut self) -> host::HostInfo {
+        let info = &self.services.host;
+        host::HostInfo {
+            hostname: info.hostname.clone(),
+            region: info.region.clone(),
+            kernel_release: info.kernel_release.clone(),
+            cpu_count: info.cpu_count,
+            boot_time_secs: info.boot_time_secs,
+        }
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ns(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn monotonic_ns(&mut self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+        #[allow(unsafe_code, reason = "clock_gettime has no safe std equivalent in ns")]
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        }
+        u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    }
+}
+
+impl clock::HostTimer for HostState {
+    fn arm(
+        &mut self,
+        after_ms: u64,
+        every_ms: Option<u64>,
+    ) -> Result<Resource<TimerHandle>, ErrorCode> {
+        let id = self.timers.arm(
+            Duration::from_millis(after_ms),
+            every_ms.map(Duration::from_millis),
+        )?;
+        self.table.push(TimerHandle { id }).map_err(|_| {
+            self.timers.cancel(id);
+            ErrorCode::TooLarge
+        })
+    }
+
+    fn id(&mut self, timer: Resource<TimerHandle>) -> u64 {
+        self.table.get(&timer).map(|t| t.id).unwrap_or(0)
+    }
+
+    fn cancel(&mut self, timer: Resource<TimerHandle>) {
+        if let Ok(handle) = self.table.get(&timer) {
+            let id = handle.id;
+            self.timers.cancel(id);
+        }
+    }
+
+    fn drop(&mut self, timer: Resource<TimerHandle>) -> WasmResult<()> {
+        let handle = self.table.delete(timer)?;
+        self.timers.cancel(handle.id);
+        Ok(())
+    }
+}
+
+impl fs::Host for HostState {
+    fn read_file(&mut self, path: String) -> Result<Vec<u8>, ErrorCode> {
+        self.services
+            .fs
+            .read_file(&self.identity.grant, &path)
+            .map_err(|err| self.denied(&err))
+    }
+
+    fn read_dir(&mut self, path: String) -> Result<Vec<fs::DirEntry>, ErrorCode> {
+        let entries = self
+            .services
+            .fs
+            .read_dir(&self.identity.grant, &path)
+            .map_err(|err| self.denied(&err))?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, kind)| fs::DirEntry {
+                name,
+                kind: match kind {
+                    EntryKind::File => fs::EntryKind::File,
+                    EntryKind::Directory => fs::EntryKind::Directory,
+                    EntryKind::Symlink => fs::EntryKind::Symlink,
+                    EntryKind::Other => fs::EntryKind::Other,
+                },
+            })
+            .collect())
+    }
+
+    fn read_link(&mut self, path: String) -> Result<String, ErrorCode> {
+        self.services
+            .fs
+            .read_link(&self.identity.grant, &path)
+            .map_err(|err| self.denied(&err))
+    }
+}
+
+impl storage::Host for HostState {
+    fn save(
+        &mut self,
+        tracer_name: String,
+        container_id: String,
+        time_ns: u64,
+        data_json: String,
+        run_type: RunType,
+    ) -> Result<String, ErrorCode> {
+        let request = SaveRequest {
+            tracer_name: &tracer_name,
+            container_id: &container_id,
+            time_ns,
+            data_json: &data_json,
+            run_type: match run_type {
+                RunType::Event => crate::storage::RunType::Event,
+                RunType::Autotracing => crate::storage::RunType::Autotracing,
+            },
+        };
+        let stats = &self.identity.stats;
+        match self.services.store.save(&request) {
+            Ok(id) => {
+                stats.documents_saved.fetch_add(1, Ordering::Relaxed);
+                Ok(id)
+            }
+            Err(SaveError::QueueFull) => {
+                stats.documents_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(ErrorCode::QueueFull)
+            }
+            Err(err @ SaveError::Invalid(_)) => {
+                stats.documents_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.identity.name, tracer = %tracer_name, %err, "document rejected");
+                Err(ErrorCode::InvalidArgument)
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The HTTP API (warp): `/metrics`, health, `/plugins` and `/events`.
+//!
+//! Mutating endpoints (`PUT /plugins/{name}/start|stop`) answer loopback clients only,
+//! unless a bearer token is configured, in which case any client presenting it may call them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use warp::Filter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::metrics::{Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::plugins::PluginManager;
+use crate::plugins::stats::PluginState;
+use crate::storage::{EventQuery, Store};
+
+/// Largest `limit` accepted by `/events`.
+const MAX_EVENTS_LIMIT: usize = 10_000;
+
+/// What the handlers share.
+pub struct AppState {
+    pub manager: Arc<PluginManager>,
+    pub store: Store,
+    pub exposition: Exposition,
+    pub bearer_token: Option<String>,
+    /// Set once the initial plugin scan is done.
+    pub ready: AtomicBool,
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    Ok(())
+}
+
+/// All routes; public for tests and benches.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("accept"))
+        .and(with_state.clone())
+        .then(|accept: Option<String>, state: Arc<AppState>| async move {
+            let openmetrics = accept.is_some_and(|a| a.contains("application/openmetrics-text"));
+            let body = state
+                .exposition
+                .scrape(&state.manager, &state.store, openmetrics)
+                .await;
+            let content_type = if openmetrics {
+                OPENMETRICS_CONTENT_TYPE
+            } else {
+                TEXT_CONTENT_TYPE
+            };
+            warp::reply::with_header(body, "content-type", content_type).into_response()
+        });
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| StatusCode::NO_CONTENT.into_response());
+
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<AppState>| {
+            if state.ready.load(Ordering::Acquire) {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready"}))
+            }
+        });
+
+    let version = warp::path!("version").and(warp::get()).map(|| {
+        json_reply(
+            StatusCode::OK,
+            &json!({"data": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "wit": "kpulse:plugin@0.1.0",
+                "wasmtime": "48.0.8",
+            }}),
+        )
+    });
+
+    let plugins = warp::path!("plugins")
+        .and(warp::get())
+        .and(with_state.clone())
+        .then(|state: Arc<AppState>| async move {
+            json_reply(StatusCode::OK, &state.manager.views().await)
+        });
+
+    let control = warp::path!("plugins" / String / String)
+        .and(warp::put())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_state.clone())
+        .then(
+            |name: String,
+             action: String,
+             remote: Option<SocketAddr>,
+             auth: Option<String>,
+             state: Arc<AppState>| async move {
+                if !authorized(&state, remote, auth.as_deref()) {
+                    return error_reply(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "mutating endpoints answer loopback clients, or clients with the configured bearer token",
+                    );
+                }
+                let start = match action.as_str() {
+                    "start" => true,
+                    "stop" => false,
+                    _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "action must be start or stop"),
+                };
+                match state.manager.command(&name, start).await {
+                    None => error_reply(StatusCode::NOT_FOUND, "not_found", &format!("no plugin named {name:?}")),
+                    Some(PluginState::Running | PluginState::Starting) if start => {
+                        error_reply(StatusCode::CONFLICT, "conflict", "plugin is already running")
+                    }
+                    Some(PluginState::Stopped) if !start => {
+                        error_reply(StatusCode::CONFLICT, "conflict", "plugin is already stopped")
+                    }
+                    Some(_) => StatusCode::NO_CONTENT.into_response(),
+                }
+            },
+        );
+
+    let events = warp::path!("events")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_state)
+        .then(|params: HashMap<String, String>, state: Arc<AppState>| async move {
+            let query = match parse_event_query(&params) {
+                Ok(query) => query,
+                Err(message) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", &message),
+            };
+            let store = state.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.query(&query)).await;
+            match result {
+                Ok(Ok(docs)) => json_reply(StatusCode::OK, &docs),
+                Ok(Err(err)) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "io", &err.to_string()),
+                Err(err) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", &err.to_string()),
+            }
+        });
+
+    metrics
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(version)
+        .unify()
+        .or(plugins)
+        .unify()
+        .or(control)
+        .unify()
+        .or(events)
+        .unify()
+        .recover(|rejection: warp::Rejection| async move {
+            let (status, message) = if rejection.is_not_found() {
+                (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
+            } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
+            } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+                (StatusCode::BAD_REQUEST, "invalid query string".to_owned())
+            } else {
+                (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
+            };
+            Ok::<_, Infallible>(error_reply(status, "request", &message))
+        })
+        .unify()
+}
+
+fn authorized(state: &AppState, remote: Option<SocketAddr>, auth: Option<&str>) -> bool {
+    if let Some(token) = &state.bearer_token {
+        let presented = auth.and_then(|a| a.strip_prefix("Bearer "));
+        if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            return true;
+        }
+    }
+    remote.is_some_and(|addr| addr.ip().is_loopback())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, String> {
+    for key in params.keys() {
+        if !matches!(key.as_str(), "tracer" | "container" | "since" | "until" | "limit") {
+            return Err(format!("unknown parameter {key:?}; use tracer, container, since, until, limit"));
+        }
+    }
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_EVENTS_LIMIT).contains(n))
+            .ok_or_else(|| format!("limit must be an integer from 1 to {MAX_EVENTS_LIMIT}"))?,
+    };
+    let time = |key: &str| -> Result<Option<DateTime<Utc>>, String> {
+        params
+            .get(key)
+            .map(|v| parse_time(v).ok_or_else(|| format!("{key} must be RFC 3339 or Unix seconds, got {v:?}")))
+            .transpose()
+    };
+    Ok(EventQuery {
+        tracer: params.get("tracer").filter(|t| !t.is_empty()).cloned(),
+        container: params.get("container").filter(|c| !c.is_empty()).cloned(),
+        since: time("since")?,
+        until: time("until")?,
+        limit,
+    })
+}
+
+/// RFC 3339, or Unix seconds (fractions allowed).
+fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let seconds: f64 = value.parse().ok()?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    DateTime::from_timestamp_millis((seconds * 1000.0) as i64)
+}
+
+fn json_reply<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn error_reply(status: StatusCode, code: &str, message: &str) -> Response {
+    json_reply(status, &json!({"error": {"code": code, "message": message}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_query_validation() {
+        let params = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<HashMap<_, _>>()
+        };
+        let q = parse_event_query(&params(&[("tracer", "oom"), ("since", "1700000000"), ("limit", "5")]))
+            .expect("valid");
+        assert_eq!(q.tracer.as_deref(), Some("oom"));
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.since.map(|t| t.timestamp()), Some(1_700_000_000));
+        assert!(parse_event_query(&params(&[("limit", "0")])).is_err());
+        assert!(parse_event_query(&params(&[("since", "yesterday")])).is_err());
+        assert!(parse_event_query(&params(&[("tracer_name", "x")])).is_err());
+        let q = parse_event_query(&params(&[("until", "2024-01-01T00:00:00Z")])).expect("rfc3339");
+        assert!(q.until.is_some());
+    }
+}

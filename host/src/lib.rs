@@ -1,0 +1,18 @@
+//! kpulse: a Linux kernel observability agent whose collectors are sandboxed WebAssembly
+//! components.
+//!
+//! The host owns everything privileged (file access, storage, HTTP, later BPF) and offers it
+//! to plugins through the `kpulse:plugin` WIT world; plugins are actors the host calls one at
+//! a time under a deadline. See `docs/architecture.md`.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod fsaccess;
+pub mod host_api;
+pub mod hostinfo;
+pub mod http;
+pub mod metrics;
+pub mod plugins;
+pub mod runtime;
+pub mod storage;

@@ -1,0 +1,244 @@
+//! The wasm runtime: one `Engine` and one `Linker` for the whole agent, a compile cache on
+//! disk, and the epoch ticker that enforces per-call deadlines.
+//!
+//! Guests get WASI with no ambient authority (no preopened directories, environment,
+//! arguments or sockets); everything else they can do goes through the `kpulse:plugin`
+//! imports implemented in [`crate::host_api`].
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store};
+
+use crate::host_api::HostState;
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+    with: {
+        "kpulse:plugin/clock.timer": crate::host_api::TimerHandle,
+    },
+});
+
+pub use kpulse::plugin::types::{
+    ErrorCode, Kinds, Level, MetricKind, RunType,
+};
+
+/// Length of one epoch tick. Deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a component could not be compiled or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    #[error("{file}: not a valid kpulse plugin component: {message}")]
+    Compile { file: String, message: String },
+    #[error("{file}: does not satisfy the kpulse:plugin@0.1.0 world: {message}")]
+    Link { file: String, message: String },
+    #[error("compile cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileSource {
+    Compiled,
+    Cached,
+}
+
+/// A compiled plugin, ready to instantiate many times cheaply.
+#[derive(Clone)]
+pub struct Prepared {
+    pub pre: PluginPre<HostState>,
+    pub sha256: String,
+    pub source: CompileSource,
+    pub compile_time: Duration,
+}
+
+/// The shared engine and linker.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache_dir: Option<PathBuf>,
+    engine_hash: String,
+}
+
+impl Runtime {
+    /// Creates the engine, links WASI (without grants) and the kpulse imports, and starts
+    /// the epoch ticker thread.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Guest stack use is bounded well below the 2 MiB of the actor threads.
+        config.max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config).map_err(|err| RuntimeError::Engine(err.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|err| RuntimeError::Engine(err.to_string()))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|err| RuntimeError::Engine(err.to_string()))?;
+
+        let engine_hash = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+        if let Some(dir) = &cache_dir {
+            create_private_dir(dir).map_err(|source| RuntimeError::Cache {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("kpulse-epoch".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|err| RuntimeError::Engine(format!("cannot start epoch ticker: {err}")))?;
+
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+            engine_hash,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from the cache) and links a component.
+    pub fn prepare(&self, file: &Path, wasm: &[u8]) -> Result<Prepared, RuntimeError> {
+        let started = Instant::now();
+        let sha256 = hex::encode(sha2::Sha256::digest(wasm));
+        let file_name = file.display().to_string();
+        let (component, source) = self.compile_cached(&file_name, &sha256, wasm)?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|err| RuntimeError::Link {
+                    file: file_name.clone(),
+                    message: format!("{err:#}"),
+                })?;
+        let pre = PluginPre::new(instance_pre).map_err(|err| RuntimeError::Link {
+            file: file_name,
+            message: format!("{err:#}"),
+        })?;
+        Ok(Prepared {
+            pre,
+            sha256,
+            source,
+            compile_time: started.elapsed(),
+        })
+    }
+
+    fn compile_cached(
+        &self,
+        file: &str,
+        sha256: &str,
+        wasm: &[u8],
+    ) -> Result<(Component, CompileSource), RuntimeError> {
+        let compile_error = |err: wasmtime::Error| RuntimeError::Compile {
+            file: file.to_owned(),
+            message: format!("{err:#}"),
+        };
+        let Some(dir) = &self.cache_dir else {
+            let component = Component::new(&self.engine, wasm).map_err(compile_error)?;
+            return Ok((component, CompileSource::Compiled));
+        };
+        let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_hash));
+        if is_own_artifact(&artifact) {
+            // SAFETY: the artifact is in the host's private cache directory, owned by this
+            // user and not writable by others: only this host's `precompile_component` wrote
+            // it, for this engine configuration (its hash is in the name).
+            #[allow(unsafe_code, reason = "deserializing artifacts this host compiled")]
+            let loaded = unsafe { Component::deserialize_file(&self.engine, &artifact) };
+            match loaded {
+                Ok(component) => return Ok((component, CompileSource::Cached)),
+                Err(err) => {
+                    tracing::warn!(artifact = %artifact.display(), %err, "discarding unusable cache entry");
+                    let _ = std::fs::remove_file(&artifact);
+                }
+            }
+        }
+        let bytes = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(compile_error)?;
+        if let Err(err) = write_private(&artifact, &bytes) {
+            tracing::warn!(artifact = %artifact.display(), %err, "cannot write compile cache");
+        }
+        // SAFETY: `bytes` was produced just now by this engine's `precompile_component`.
+        #[allow(unsafe_code, reason = "deserializing bytes this engine just compiled")]
+        let component =
+            unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(compile_error)?;
+        Ok((component, CompileSource::Compiled))
+    }
+
+    /// A store for one plugin instance.
+    pub fn store(&self, state: HostState) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store
+    }
+}
+
+/// Epoch ticks for a deadline, rounded up, plus one for the tick already under way.
+pub fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_millis().max(1);
+    u64::try_from(deadline.as_millis().div_ceil(tick)).unwrap_or(u64::MAX) + 1
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Only files this user owns and nobody else can write are trusted as artifacts.
+fn is_own_artifact(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code, reason = "geteuid is always safe")]
+    let euid = unsafe { libc::geteuid() };
+    meta.is_file() && meta.uid() == euid && meta.mode() & 0o022 == 0
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,34 @@
+//! `loadavg`: load averages and task counts from `/proc/loadavg`, under HUATUO's names
+//! (`huatuo_bamai_loadavg_load1` with `prefix = "huatuo_bamai"`).
+
+use kpulse_sdk::prelude::*;
+
+struct Loadavg;
+
+kpulse_sdk::register!(Loadavg {
+    name: "loadavg",
+    version: "0.1.0",
+    interval: 10,
+    kinds: [metric],
+    capabilities: ["read:/proc/loadavg"],
+    summary: "Load averages and running/total task counts from /proc/loadavg",
+});
+
+impl Plugin for Loadavg {
+    fn init(_config: Config) -> Result<Self> {
+        Ok(Loadavg)
+    }
+}
+
+impl Collector for Loadavg {
+    fn update(&mut self) -> Result<Vec<Metric>> {
+        let load = procfs::loadavg()?;
+        Ok(vec![
+            metric::gauge("load1", load.load1, "System load average over the last minute."),
+            metric::gauge("load5", load.load5, "System load average over the last 5 minutes."),
+            metric::gauge("load15", load.load15, "System load average over the last 15 minutes."),
+            metric::gauge("nr_running", load.running as f64, "Runnable tasks."),
+            metric::gauge("nr_tasks", load.total as f64, "All tasks (processes and threads)."),
+        ])
+    }
+}
