@@ -99,6 +99,9 @@ impl Supervisor {
         let name = self.spec.info.name.clone();
         let mut incarnation = 0u64;
         let mut want_running = !stopped;
+        if stopped {
+            self.set_status(PluginState::Stopped, None);
+        }
         loop {
             if !want_running {
                 // Idle: refuse calls until told to start.

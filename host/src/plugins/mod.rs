@@ -214,6 +214,10 @@ impl PluginManager {
         if file.is_file() {
             if let Err(err) = self.load_file(file).await {
                 tracing::error!(%err, "plugin not loaded");
+                // A failed replacement leaves the old version running; say why on it.
+                if let Some(old) = self.by_file(file).await {
+                    set_error(&old, &err.to_string());
+                }
             }
         } else {
             self.unload_file(file).await;

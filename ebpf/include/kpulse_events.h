@@ -1,0 +1,312 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * kpulse ring-buffer record layouts (kernel -> host ABI).
+ *
+ * Every record starts with `struct kp_event_header`; `kind` selects the
+ * layout.  All structs are naturally aligned, explicitly padded (no implicit
+ * holes, no trailing padding) and little-endian (host order) unless a field
+ * says "network byte order".  The host reads them with read_unaligned from the
+ * ring buffer map named `events` of each object.  Sizes are pinned by the
+ * _Static_asserts at the bottom: change a layout => bump KP_ABI_VERSION.
+ *
+ * ==========================================================================
+ * Object / program / attach-point / map table (host attaches by program name
+ * + tracepoint category/name; all programs of an object should be attached)
+ * ==========================================================================
+ *
+ *  object               program fn        type        attach (category/name)
+ *  -------------------- ----------------- ----------- ------------------------------------------
+ *  softirq.bpf.o        softirq_raise     tracepoint  irq/softirq_raise
+ *                       softirq_entry     tracepoint  irq/softirq_entry
+ *     maps: events (RINGBUF 256K), softirq_raise_ts (PERCPU_ARRAY[10] u64),
+ *           softirq_zones (PERCPU_ARRAY[40] u64, idx vec*4+zone), stats
+ *  oom.bpf.o            oom_mark_victim   tracepoint  oom/mark_victim
+ *     maps: events (RINGBUF 256K), ratelimit, stats
+ *  hungtask.bpf.o       process_hang      tracepoint  sched/sched_process_hang
+ *     maps: events (RINGBUF 256K), stats
+ *  memreclaim.bpf.o     reclaim_begin     tracepoint  vmscan/mm_vmscan_direct_reclaim_begin
+ *                       reclaim_end       tracepoint  vmscan/mm_vmscan_direct_reclaim_end
+ *                       memcg_rcl_begin   tracepoint  vmscan/mm_vmscan_memcg_reclaim_begin
+ *                       memcg_rcl_end     tracepoint  vmscan/mm_vmscan_memcg_reclaim_end
+ *     maps: events (RINGBUF 256K), reclaim_start (HASH u32 tid -> struct kp_reclaim_start), stats
+ *     (the memcg_* pair is optional: attach it to also see memcg-limit reclaim)
+ *  dropwatch.bpf.o      kfree_skb         tracepoint  skb/kfree_skb
+ *     maps: events (RINGBUF 1M), drop_reasons (HASH u32 reason -> u64 count),
+ *           ratelimit, stats
+ *  net_rx_latency.bpf.o rx_netif          tracepoint  net/netif_receive_skb
+ *                       rx_tcp            tracepoint  tcp/tcp_probe
+ *                       rx_usercopy       tracepoint  skb/skb_copy_datagram_iovec
+ *     maps: events (RINGBUF 1M), ratelimit, stats
+ *  softlockup.bpf.o     printk_console    tracepoint  printk/console
+ *     maps: events (RINGBUF 256K), stats
+ *  sched_switch.bpf.o   sched_switch      tp_btf      sched_switch (BtfTracePoint, benchmark only)
+ *     maps: events (RINGBUF 4M), stats
+ *
+ *  Common maps:
+ *    events    BPF_MAP_TYPE_RINGBUF; records below; adaptive wakeup (see
+ *              kpulse_common.h): the host MUST also drain on a timer.
+ *    stats     PERCPU_ARRAY[4] u64, index enum kp_stat (sum over CPUs).
+ *    ratelimit PERCPU_ARRAY[1] struct kp_ratelimit_state (internal).
+ *
+ *  `volatile const` knobs (override with aya EbpfLoader::override_global):
+ *    softirq:        softirq_threshold_ns = 10000000 (10 ms)
+ *    oom:            max_events_per_second = 100, ratelimit_nr_cpus = 1
+ *    memreclaim:     reclaim_threshold_ns = 900000000 (900 ms)
+ *    dropwatch:      max_events_per_second = 100, ratelimit_nr_cpus = 1,
+ *                    ignore_reason_not_specified = 1
+ *    net_rx_latency: mono_wall_offset = 0 (MUST be set, see struct),
+ *                    netif_threshold_ns = 5000000, tcp_threshold_ns = 10000000,
+ *                    usercopy_threshold_ns = 115000000, tcp_only = 1,
+ *                    excluded_netns_inum = 0, max_events_per_second = 0 (off),
+ *                    ratelimit_nr_cpus = 1
+ *  Rate limits are per-CPU token buckets of max_events_per_second /
+ *  ratelimit_nr_cpus events/s each (burst = 1 s worth); set ratelimit_nr_cpus
+ *  to the number of possible CPUs to make max_events_per_second a global cap.
+ *  max_events_per_second = 0 disables the limiter.
+ */
+#ifndef KPULSE_EVENTS_H
+#define KPULSE_EVENTS_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define KP_ABI_VERSION 1
+
+#define KP_COMM_LEN      16
+#define KP_IFNAME_LEN    16
+#define KP_STACK_DEPTH   32   /* kernel stack frames captured */
+#define KP_MSG_LEN       128  /* printk excerpt bytes */
+
+/* kp_event_header.kind */
+enum kp_event_kind {
+	KP_EV_SOFTIRQ        = 1,
+	KP_EV_OOM            = 2,
+	KP_EV_HUNGTASK       = 3,
+	KP_EV_MEMRECLAIM     = 4,
+	KP_EV_DROP           = 5,
+	KP_EV_NET_RX_LATENCY = 6,
+	KP_EV_SOFTLOCKUP     = 7,
+	KP_EV_SCHED_SWITCH   = 8,
+};
+
+/* Index into the per-CPU `stats` map of every object. */
+enum kp_stat {
+	KP_STAT_EMITTED     = 0, /* records submitted to `events` */
+	KP_STAT_RB_FULL     = 1, /* bpf_ringbuf_reserve failed: record lost */
+	KP_STAT_RATELIMITED = 2, /* candidate dropped by the token bucket */
+	KP_STAT_HITS        = 3, /* candidates (passed threshold/filters) */
+	KP_STAT_MAX         = 4,
+};
+
+/*
+ * Common header, 48 bytes.  Describes `current` on the CPU where the hook ran.
+ * In softirq/irq context (softirq, dropwatch, net_rx NETIF) that is the
+ * interrupted task, possibly unrelated to the event, or the idle task (pid 0).
+ */
+struct kp_event_header {
+	__u32 kind;                 /*  0: enum kp_event_kind */
+	__u32 cpu;                  /*  4: bpf_get_smp_processor_id() */
+	__u64 ts_ns;                /*  8: bpf_ktime_get_ns(), CLOCK_MONOTONIC ns */
+	__u32 pid;                  /* 16: current thread id (kernel pid) */
+	__u32 tgid;                 /* 20: current process id (kernel tgid) */
+	char  comm[KP_COMM_LEN];    /* 24: current->comm, NUL padded */
+	__u64 cgroup_id;            /* 40: bpf_get_current_cgroup_id(): cgroup v2
+	                             *     (default hierarchy) kernfs id = inode of
+	                             *     the cgroup2 directory; 0 if none */
+};
+
+/* ---- softirq.bpf.o : KP_EV_SOFTIRQ (80 bytes) ---------------------------- */
+/* Latency zones used for `zone` and the softirq_zones map. */
+enum kp_softirq_zone {
+	KP_SOFTIRQ_ZONE_LT_10US  = 0, /* latency <  10 us */
+	KP_SOFTIRQ_ZONE_LT_100US = 1, /* latency < 100 us */
+	KP_SOFTIRQ_ZONE_LT_1MS   = 2, /* latency <   1 ms */
+	KP_SOFTIRQ_ZONE_GE_1MS   = 3, /* latency >=  1 ms */
+	KP_SOFTIRQ_NR_ZONES      = 4,
+};
+#define KP_NR_SOFTIRQS 10
+
+struct kp_softirq_event {
+	struct kp_event_header hdr; /*  0: task on the CPU at softirq_entry */
+	__u32 vec;                  /* 48: softirq vector: 0 HI, 1 TIMER, 2 NET_TX,
+	                             *     3 NET_RX, 4 BLOCK, 5 IRQ_POLL, 6 TASKLET,
+	                             *     7 SCHED, 8 HRTIMER, 9 RCU */
+	__u32 zone;                 /* 52: enum kp_softirq_zone of latency_ns */
+	__u64 latency_ns;           /* 56: softirq_entry - first softirq_raise, ns */
+	__u64 raise_ts_ns;          /* 64: CLOCK_MONOTONIC ns of the (first) raise */
+	__u64 threshold_ns;         /* 72: softirq_threshold_ns in effect, ns */
+};
+
+/* ---- oom.bpf.o : KP_EV_OOM (136 bytes) ----------------------------------- */
+/* kp_oom_event.valid bits: which victim fields the kernel provided. */
+#define KP_OOM_HAS_COMM         (1u << 0) /* victim_comm */
+#define KP_OOM_HAS_MM           (1u << 1) /* victim_{total_vm,anon,file,shmem}_*_kb */
+#define KP_OOM_HAS_UID          (1u << 2) /* victim_uid */
+#define KP_OOM_HAS_PGTABLES     (1u << 3) /* victim_pgtables_kb */
+#define KP_OOM_HAS_SCORE_ADJ    (1u << 4) /* victim_oom_score_adj */
+#define KP_OOM_HAS_VICTIM_MEMCG (1u << 5) /* victim_memcg_id (victim == current) */
+
+struct kp_oom_event {
+	struct kp_event_header hdr; /*   0: the TRIGGER: task whose allocation ran
+	                             *      the OOM killer (current at mark_victim) */
+	__u64 trigger_memcg_id;     /*  48: kernfs id of the trigger's memory
+	                             *      cgroup (cgroup v1 memory hierarchy or v2)
+	                             *      = inode of its memory cgroup dir; 0 if n/a */
+	__u32 victim_pid;           /*  56: victim thread id (kernel pid) */
+	__u32 victim_uid;           /*  60: victim uid (from the OOM killer) */
+	char  victim_comm[KP_COMM_LEN]; /* 64: victim comm, NUL padded */
+	__u64 victim_total_vm_kb;   /*  80: victim mm total_vm, KiB */
+	__u64 victim_anon_rss_kb;   /*  88: victim anon RSS, KiB */
+	__u64 victim_file_rss_kb;   /*  96: victim file RSS, KiB */
+	__u64 victim_shmem_rss_kb;  /* 104: victim shmem RSS, KiB */
+	__u64 victim_pgtables_kb;   /* 112: victim page-table bytes >> 10, KiB */
+	__s16 victim_oom_score_adj; /* 120: -1000..1000 */
+	__u16 _pad0;                /* 122: zero */
+	__u32 valid;                /* 124: KP_OOM_HAS_* bitmask */
+	__u64 victim_memcg_id;      /* 128: like trigger_memcg_id, only when the
+	                             *      victim is current; else 0 */
+};
+
+/* ---- hungtask.bpf.o : KP_EV_HUNGTASK (72 bytes) -------------------------- */
+struct kp_hungtask_event {
+	struct kp_event_header hdr; /*  0: current = khungtaskd (not the hung task) */
+	__u32 hung_pid;             /* 48: thread id (kernel pid) of the hung task */
+	__u32 _pad0;                /* 52: zero */
+	char  hung_comm[KP_COMM_LEN]; /* 56: comm of the hung task, NUL padded */
+};
+
+/* ---- memreclaim.bpf.o : KP_EV_MEMRECLAIM (104 bytes) --------------------- */
+enum kp_reclaim_source {
+	KP_RECLAIM_DIRECT = 0, /* global direct reclaim (try_to_free_pages) */
+	KP_RECLAIM_MEMCG  = 1, /* memcg limit reclaim (try_to_free_mem_cgroup_pages) */
+};
+
+struct kp_memreclaim_event {
+	struct kp_event_header hdr; /*   0: the task that stalled in reclaim */
+	__u64 duration_ns;          /*  48: reclaim end - begin, ns */
+	__u64 threshold_ns;         /*  56: reclaim_threshold_ns in effect, ns */
+	__u64 begin_ts_ns;          /*  64: CLOCK_MONOTONIC ns of reclaim begin */
+	__u64 nr_reclaimed;         /*  72: pages reclaimed (tracepoint value) */
+	__u64 gfp_flags;            /*  80: gfp mask of the allocation (raw bits) */
+	__u64 memcg_id;             /*  88: kernfs id of current's memory cgroup */
+	__s32 order;                /*  96: allocation order (2^order pages) as
+	                             *      reported by the begin tracepoint */
+	__u32 source;               /* 100: enum kp_reclaim_source */
+};
+
+/* ---- dropwatch.bpf.o : KP_EV_DROP (360 bytes) ---------------------------- */
+struct kp_drop_event {
+	struct kp_event_header hdr; /*   0: current (often the softirq-interrupted task) */
+	__u64 skb_addr;             /*  48: kernel address of the skb (correlation only) */
+	__u64 location;             /*  56: kernel text address that freed the skb
+	                             *      (resolve with /proc/kallsyms) */
+	__u32 reason;               /*  64: enum skb_drop_reason value of THIS
+	                             *      kernel (host maps names via BTF or the
+	                             *      tracepoint format); 0 if the kernel has
+	                             *      no drop reasons (< 5.17) */
+	__u16 protocol;             /*  68: skb->protocol, host order (ETH_P_*) */
+	__u16 _pad0;                /*  70: zero */
+	__u32 len;                  /*  72: skb->len, bytes */
+	__u32 ifindex;              /*  76: skb->dev->ifindex, else skb->skb_iif, else 0 */
+	__u32 netns_inum;           /*  80: inode of the net namespace (rx_sk,
+	                             *      skb->sk, or skb->dev); 0 if unknown */
+	__u32 stack_depth;          /*  84: valid entries in stack[] */
+	char  ifname[KP_IFNAME_LEN]; /* 88: skb->dev->name, "" if no dev */
+	__u64 stack[KP_STACK_DEPTH]; /* 104: kernel return addresses, innermost first */
+};
+
+/* ---- net_rx_latency.bpf.o : KP_EV_NET_RX_LATENCY (136 bytes) ------------- */
+enum kp_rx_stage {
+	KP_RX_STAGE_NETIF    = 1, /* net/netif_receive_skb   (HUATUO RX_STAGE_NETIF)    */
+	KP_RX_STAGE_TCPV4    = 2, /* tcp/tcp_probe           (HUATUO RX_STAGE_TCPV4)    */
+	KP_RX_STAGE_USERCOPY = 3, /* skb/skb_copy_datagram_iovec (RX_STAGE_USERCOPY)   */
+};
+#define KP_RX_F_IPV4 (1u << 0) /* saddr/daddr/l4_proto valid */
+#define KP_RX_F_TCP  (1u << 1) /* sport/dport/seq/ack_seq/tcp_flags valid */
+
+struct kp_net_rx_latency_event {
+	struct kp_event_header hdr; /*   0: current (softirq-interrupted task for
+	                             *      NETIF/TCPV4, the reader for USERCOPY) */
+	__u64 latency_ns;           /*  48: (bpf_ktime_get_ns() + mono_wall_offset)
+	                             *      - skb->tstamp, ns */
+	__u64 threshold_ns;         /*  56: stage threshold in effect, ns */
+	__u64 skb_tstamp_ns;        /*  64: skb->tstamp, CLOCK_REALTIME ns */
+	__u64 skb_addr;             /*  72: kernel address of the skb */
+	__u32 stage;                /*  80: enum kp_rx_stage */
+	__u32 len;                  /*  84: bytes: skb->len (NETIF/TCPV4) or bytes
+	                             *      copied to user (USERCOPY) */
+	__u32 ifindex;              /*  88: NETIF: skb->dev->ifindex, else skb->skb_iif */
+	__u32 netns_inum;           /*  92: net namespace inode (sock if any, else dev) */
+	__u32 saddr;                /*  96: IPv4 source, network byte order */
+	__u32 daddr;                /* 100: IPv4 destination, network byte order */
+	__u16 sport;                /* 104: TCP source port, host order */
+	__u16 dport;                /* 106: TCP destination port, host order */
+	__u32 seq;                  /* 108: TCP sequence number, host order */
+	__u32 ack_seq;              /* 112: TCP ack number, host order */
+	__u8  l4_proto;             /* 116: IPv4 protocol (6 = TCP), 0 if not IPv4 */
+	__u8  tcp_flags;            /* 117: TCP header flags byte (FIN 0x01 .. CWR 0x80) */
+	__u8  tcp_state;            /* 118: sk->sk_state (1 = ESTABLISHED), 0 if no sock */
+	__u8  flags;                /* 119: KP_RX_F_* */
+	char  ifname[KP_IFNAME_LEN]; /* 120: device name (NETIF stage only), else "" */
+};
+
+/* ---- softlockup.bpf.o : KP_EV_SOFTLOCKUP (440 bytes) --------------------- */
+struct kp_softlockup_event {
+	struct kp_event_header hdr; /*   0: runs on the stuck CPU from the watchdog
+	                             *      hrtimer: current = the task hogging it */
+	__u32 msg_len;              /*  48: bytes of msg[] used (excl. NUL) */
+	__u32 stack_depth;          /*  52: valid entries in stack[] */
+	char  msg[KP_MSG_LEN];      /*  56: start of the printk line, NUL terminated,
+	                             *      e.g. "BUG: soft lockup - CPU#1 stuck for 22s! [x:42]" */
+	__u64 stack[KP_STACK_DEPTH]; /* 184: kernel stack at the printk (crosses the
+	                             *      hrtimer IRQ into the stuck code) */
+};
+
+/* ---- sched_switch.bpf.o : KP_EV_SCHED_SWITCH (56 bytes, benchmark) ------- */
+struct kp_sched_switch_event {
+	struct kp_event_header hdr; /*  0: prev task (current at the switch) */
+	__u32 next_pid;             /* 48: thread id of the task switched in */
+	__u32 prev_state;           /* 52: prev->__state (0 = runnable/preempted) */
+};
+
+/* ---- internal map value types (not ring-buffer records) ------------------ */
+struct kp_ratelimit_state {
+	__u64 tokens;   /* available budget, in 1e-9 events (1e9 = one event) */
+	__u64 last_ns;  /* CLOCK_MONOTONIC ns of the last refill */
+};
+
+struct kp_reclaim_start {
+	__u64 ts_ns;     /* CLOCK_MONOTONIC ns at reclaim begin */
+	__u64 gfp_flags; /* gfp mask from the begin tracepoint */
+	__s32 order;     /* allocation order from the begin tracepoint */
+	__u32 source;    /* enum kp_reclaim_source */
+};
+
+/* ---- layout pins ---------------------------------------------------------- */
+#define KP_ASSERT_SIZE(t, n) _Static_assert(sizeof(struct t) == (n), #t " size")
+#define KP_ASSERT_OFF(t, f, n) \
+	_Static_assert(__builtin_offsetof(struct t, f) == (n), #t "." #f " offset")
+
+KP_ASSERT_SIZE(kp_event_header, 48);
+KP_ASSERT_OFF(kp_event_header, cgroup_id, 40);
+KP_ASSERT_SIZE(kp_softirq_event, 80);
+KP_ASSERT_SIZE(kp_oom_event, 136);
+KP_ASSERT_OFF(kp_oom_event, victim_oom_score_adj, 120);
+KP_ASSERT_OFF(kp_oom_event, victim_memcg_id, 128);
+KP_ASSERT_SIZE(kp_hungtask_event, 72);
+KP_ASSERT_SIZE(kp_memreclaim_event, 104);
+KP_ASSERT_OFF(kp_memreclaim_event, order, 96);
+KP_ASSERT_SIZE(kp_drop_event, 360);
+KP_ASSERT_OFF(kp_drop_event, ifname, 88);
+KP_ASSERT_OFF(kp_drop_event, stack, 104);
+KP_ASSERT_SIZE(kp_net_rx_latency_event, 136);
+KP_ASSERT_OFF(kp_net_rx_latency_event, l4_proto, 116);
+KP_ASSERT_OFF(kp_net_rx_latency_event, ifname, 120);
+KP_ASSERT_SIZE(kp_softlockup_event, 440);
+KP_ASSERT_OFF(kp_softlockup_event, stack, 184);
+KP_ASSERT_SIZE(kp_sched_switch_event, 56);
+KP_ASSERT_SIZE(kp_ratelimit_state, 16);
+KP_ASSERT_SIZE(kp_reclaim_start, 24);
+
+#endif /* KPULSE_EVENTS_H */

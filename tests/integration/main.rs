@@ -1,0 +1,13 @@
+//! Integration tests: the real `kpulse` binary, real components built from `plugins/` and
+//! `tests/guests/`, real HTTP, `promtool` and a real Prometheus server.
+//! One test binary (wasmtime's `tests/all` layout) to keep linking fast.
+
+#![allow(clippy::unwrap_used, reason = "tests: a failed step should panic")]
+
+mod cli;
+mod config;
+mod containment;
+mod hot_reload;
+mod metrics;
+mod security;
+mod store;

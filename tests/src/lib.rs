@@ -1,0 +1,299 @@
+//! Test harness: starts the real `kpulse` binary on a free port with a private plugin and
+//! data directory, and talks to it over real HTTP.
+//!
+//! Prerequisites (done by `scripts/test.sh`): `target/release/kpulse` and the components in
+//! `target/plugins` and `target/test-guests` are built.
+
+#![allow(clippy::unwrap_used, reason = "test harness: a failed setup step should panic")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The agent binary under test.
+pub fn kpulse_bin() -> PathBuf {
+    std::env::var_os("KPULSE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/kpulse"))
+}
+
+/// A built-in plugin component.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    root().join(format!("target/plugins/{name}.wasm"))
+}
+
+/// A test-only guest component.
+pub fn guest_wasm(name: &str) -> PathBuf {
+    root().join(format!("target/test-guests/{name}.wasm"))
+}
+
+/// A fresh scratch directory.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "kpulse-it-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), enough for the agent's API.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers: head.to_owned(),
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A running agent; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent with `plugins` (paths of components, copied in as `<stem>.wasm`, with
+    /// `hot-v1`/`hot-v2` copied as `hot.wasm`) and extra config TOML.
+    pub fn start(label: &str, plugins: &[PathBuf], extra_config: &str) -> Agent {
+        let dir = scratch_dir(label);
+        let plugin_dir = dir.join("plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        for plugin in plugins {
+            install(&plugin_dir, plugin);
+        }
+        Agent::start_in(dir, extra_config)
+    }
+
+    /// Starts an agent on an existing directory layout (for restarts).
+    pub fn start_in(dir: PathBuf, extra_config: &str) -> Agent {
+        let port = free_port();
+        let plugin_dir = dir.join("plugins");
+        let data_dir = dir.join("data");
+        let config_path = dir.join("kpulse.toml");
+        let listen = format!("listen = \"0.0.0.0:{port}\"\n");
+        let extra = if extra_config.contains("[http]\n") {
+            extra_config.replace("[http]\n", &format!("[http]\n{listen}"))
+        } else {
+            format!("{extra_config}\n[http]\n{listen}")
+        };
+        let config = format!(
+            "plugin_dir = {plugin_dir:?}\ndata_dir = {data_dir:?}\nregion = \"test\"\n{extra}"
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(kpulse_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", kpulse_bin().display()));
+        let mut agent = Agent {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            plugin_dir,
+            data_dir,
+            config_path,
+        };
+        let addr = agent.addr;
+        let ready = wait_for(Duration::from_secs(60), "the agent to be ready", || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Some(Err(status));
+            }
+            match http(addr, "GET", "/readyz", &[]) {
+                Ok(r) if r.status == 204 => Some(Ok(())),
+                _ => None,
+            }
+        });
+        if let Err(status) = ready {
+            panic!("agent exited with {status}: {}", agent.log());
+        }
+        agent
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http(self.addr, "GET", path, &[]).unwrap()
+    }
+
+    pub fn put(&self, path: &str) -> Response {
+        http(self.addr, "PUT", path, &[]).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// `GET /plugins` as JSON.
+    pub fn plugins(&self) -> Vec<Value> {
+        match self.get("/plugins").json() {
+            Value::Array(plugins) => plugins,
+            other => panic!("/plugins is not an array: {other}"),
+        }
+    }
+
+    /// One plugin's entry, if loaded.
+    pub fn plugin(&self, name: &str) -> Option<Value> {
+        self.plugins().into_iter().find(|p| p["name"] == name)
+    }
+
+    /// Waits until `name` reports `state`.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(timeout, &format!("plugin {name} to be {state}"), || {
+            self.plugin(name).filter(|p| p["state"] == state)
+        })
+    }
+
+    /// `/metrics` in the classic text format.
+    pub fn metrics(&self) -> String {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.body
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(mut self) -> PathBuf {
+        self.terminate();
+        self.dir.clone()
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Copies a component into a plugin directory the way operators should: write to a hidden
+/// temporary name, then rename into place.
+pub fn install(plugin_dir: &Path, component: &Path) {
+    let stem = component.file_stem().unwrap().to_string_lossy().into_owned();
+    let name = stem.strip_suffix("-v1").or_else(|| stem.strip_suffix("-v2")).unwrap_or(&stem);
+    let tmp = plugin_dir.join(format!(".{name}.wasm.tmp"));
+    std::fs::copy(component, &tmp).unwrap();
+    std::fs::rename(&tmp, plugin_dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// The value of the first sample whose line starts with `series` (name plus optional
+/// label prefix, e.g. `kpulse_hot_marker{`), from text exposition.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A sample selected by metric name and one `label="value"` pair.
+pub fn sample_with(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .find_map(|line| line.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
