@@ -17,6 +17,7 @@ cargo build --quiet --profile release-wasm --target wasm32-wasip2 "${packages[@]
 out=target/wasm32-wasip2/release-wasm
 mkdir -p target/plugins target/test-guests
 for dir in plugins/*/; do
+    [ -f "$dir/Cargo.toml" ] || continue
     name=$(basename "$dir")
     crate=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)
     # Write-then-rename, so a running agent never sees a half-written file.

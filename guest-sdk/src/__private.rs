@@ -51,7 +51,10 @@ fn to_init_error(err: Error) -> InitError {
     }
 }
 
-fn with<T, R>(cell: &'static Cell<T>, f: impl FnOnce(&mut T) -> crate::Result<R>) -> Result<R, String> {
+fn with<T, R>(
+    cell: &'static Cell<T>,
+    f: impl FnOnce(&mut T) -> crate::Result<R>,
+) -> Result<R, String> {
     cell.with(|c| match c.borrow_mut().as_mut() {
         Some(plugin) => f(plugin).map_err(|err| err.to_string()),
         None => Err("plugin called before init".to_owned()),
@@ -73,7 +76,9 @@ pub fn on_events<T: Plugin + Tracing>(
     subscription: u64,
     batch: Vec<Vec<u8>>,
 ) -> Result<(), String> {
-    with(cell, |p| p.on_events(&mut Context::new(), subscription, batch))
+    with(cell, |p| {
+        p.on_events(&mut Context::new(), subscription, batch)
+    })
 }
 
 pub fn update<T: Plugin + Collector>(cell: &'static Cell<T>) -> Result<Vec<raw::Metric>, String> {

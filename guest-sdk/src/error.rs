@@ -26,12 +26,24 @@ impl Error {
 
     /// Whether the host refused for lack of a capability.
     pub fn is_access_denied(&self) -> bool {
-        matches!(self, Error::Host { code: ErrorCode::AccessDenied, .. })
+        matches!(
+            self,
+            Error::Host {
+                code: ErrorCode::AccessDenied,
+                ..
+            }
+        )
     }
 
     /// Whether the file or process was not there.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Host { code: ErrorCode::NotFound, .. })
+        matches!(
+            self,
+            Error::Host {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        )
     }
 
     pub(crate) fn host(code: ErrorCode, context: impl Into<String>) -> Self {

@@ -83,7 +83,12 @@ pub trait Tracing {
     }
 
     /// A batch of raw kernel records arrived on a subscription.
-    fn on_events(&mut self, ctx: &mut Context, subscription: u64, batch: Vec<Vec<u8>>) -> Result<()> {
+    fn on_events(
+        &mut self,
+        ctx: &mut Context,
+        subscription: u64,
+        batch: Vec<Vec<u8>>,
+    ) -> Result<()> {
         let _ = (ctx, subscription, batch);
         Ok(())
     }

@@ -23,7 +23,12 @@ pub struct LoadAvg {
 pub fn parse_loadavg(text: &str) -> Result<LoadAvg> {
     let bad = || Error::msg(format!("malformed /proc/loadavg: {:?}", text.trim()));
     let mut fields = text.split_whitespace();
-    let mut float = || fields.next().and_then(|f| f.parse::<f64>().ok()).ok_or_else(bad);
+    let mut float = || {
+        fields
+            .next()
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or_else(bad)
+    };
     let (load1, load5, load15) = (float()?, float()?, float()?);
     let mut fields = text.split_whitespace().skip(3);
     let (running, total) = fields
@@ -85,7 +90,14 @@ pub struct CpuTimes {
 impl CpuTimes {
     /// All ticks (guest time is already included in user and nice).
     pub fn total(&self) -> u64 {
-        self.user + self.nice + self.system + self.idle + self.iowait + self.irq + self.softirq + self.steal
+        self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
     }
 }
 
@@ -197,7 +209,10 @@ pub fn parse_process_stat(text: &str) -> Result<ProcessStat> {
     Ok(ProcessStat {
         pid,
         comm,
-        state: rest.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+        state: rest
+            .first()
+            .and_then(|s| s.chars().next())
+            .ok_or_else(bad)?,
         ppid: num(1)?,
         utime: num(11)?,
         stime: num(12)?,
@@ -213,7 +228,10 @@ mod tests {
     #[test]
     fn loadavg() {
         let l = parse_loadavg("0.20 0.18 0.12 1/80 11206\n").expect("valid");
-        assert_eq!((l.load1, l.running, l.total, l.last_pid), (0.20, 1, 80, 11206));
+        assert_eq!(
+            (l.load1, l.running, l.total, l.last_pid),
+            (0.20, 1, 80, 11206)
+        );
         assert!(parse_loadavg("garbage").is_err());
     }
 
@@ -226,7 +244,8 @@ mod tests {
 
     #[test]
     fn stat_cpu_line() {
-        let c = parse_stat_cpu("cpu  10 1 5 100 2 0 3 0 0 0\ncpu0 1 1 1 1 1 1 1 1\n").expect("valid");
+        let c =
+            parse_stat_cpu("cpu  10 1 5 100 2 0 3 0 0 0\ncpu0 1 1 1 1 1 1 1 1\n").expect("valid");
         assert_eq!(c.total(), 121);
         assert_eq!(c.softirq, 3);
     }
@@ -248,6 +267,9 @@ mod tests {
         .expect("valid");
         assert_eq!(s.comm, "a (b) c");
         assert_eq!(s.state, 'D');
-        assert_eq!((s.utime, s.stime, s.num_threads, s.rss_pages), (7, 3, 5, 250));
+        assert_eq!(
+            (s.utime, s.stime, s.num_threads, s.rss_pages),
+            (7, 3, 5, 250)
+        );
     }
 }

@@ -13,7 +13,12 @@ use crate::error::{Error, Result};
 
 /// Saves an event document (`tracer_type = "event"`); `data` must serialize to a JSON
 /// object. Returns the document's `tracer_id`.
-pub fn save<T: Serialize + ?Sized>(name: &str, container_id: &str, time: SystemTime, data: &T) -> Result<String> {
+pub fn save<T: Serialize + ?Sized>(
+    name: &str,
+    container_id: &str,
+    time: SystemTime,
+    data: &T,
+) -> Result<String> {
     save_as(name, container_id, time, data, RunType::Event)
 }
 

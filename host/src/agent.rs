@@ -18,16 +18,27 @@ use crate::storage::Store;
 /// Runs the agent with `config` until a termination signal.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.plugin_dir).with_context(|| {
-        format!("cannot create the plugin directory {}", config.plugin_dir.display())
+        format!(
+            "cannot create the plugin directory {}",
+            config.plugin_dir.display()
+        )
     })?;
     // The watcher reports absolute paths; the table must use the same ones.
     config.plugin_dir = std::fs::canonicalize(&config.plugin_dir).with_context(|| {
-        format!("cannot resolve the plugin directory {}", config.plugin_dir.display())
+        format!(
+            "cannot resolve the plugin directory {}",
+            config.plugin_dir.display()
+        )
     })?;
     let config = Arc::new(config);
     let host = HostInfo::detect(&config.region);
-    let store = Store::start(&config.storage, &config.data_dir, host.clone())
-        .with_context(|| format!("cannot open the local store in {}", config.data_dir.display()))?;
+    let store =
+        Store::start(&config.storage, &config.data_dir, host.clone()).with_context(|| {
+            format!(
+                "cannot open the local store in {}",
+                config.data_dir.display()
+            )
+        })?;
     let cache = config
         .runtime
         .compile_cache

@@ -80,7 +80,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("kpulse: cannot start the async runtime: {err}");
@@ -131,14 +134,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Compiles and describes a plugin with default limits and no writes anywhere.
 async fn describe_file(
     file: &Path,
-) -> anyhow::Result<(crate::plugins::Description, crate::runtime::Prepared, Vec<String>)> {
-    let wasm = std::fs::read(file).map_err(|err| anyhow::anyhow!("{}: cannot read: {err}", file.display()))?;
+) -> anyhow::Result<(
+    crate::plugins::Description,
+    crate::runtime::Prepared,
+    Vec<String>,
+)> {
+    let wasm = std::fs::read(file)
+        .map_err(|err| anyhow::anyhow!("{}: cannot read: {err}", file.display()))?;
     let runtime = Runtime::new(None)?;
     let prepared = runtime.prepare(file, &wasm)?;
     let imports = {
         let component = prepared.pre.instance_pre().component();
         let ty = component.component_type();
-        ty.imports(runtime.engine()).map(|(name, _)| name.to_owned()).collect()
+        ty.imports(runtime.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect()
     };
     let host = HostInfo::detect("inspect");
     let store = Store::start(
@@ -157,7 +167,13 @@ async fn describe_file(
     });
     let pre = prepared.pre.clone();
     let described = tokio::task::spawn_blocking(move || {
-        describe_with(&runtime, services, &pre, Duration::from_secs(1), 64 * 1024 * 1024)
+        describe_with(
+            &runtime,
+            services,
+            &pre,
+            Duration::from_secs(1),
+            64 * 1024 * 1024,
+        )
     })
     .await?
     .map_err(|message| anyhow::anyhow!("{}: describe failed: {message}", file.display()))?;
@@ -173,7 +189,9 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|cap| {
             let status = match cap.strip_prefix("read:") {
-                Some(prefix) if granted.prefixes().iter().any(|p| p == prefix) => "granted by the default policy",
+                Some(prefix) if granted.covers(prefix) => {
+                    "granted by the default policy"
+                }
                 Some(_) => "denied by the default policy",
                 None => "unknown to this host: never granted",
             };
@@ -198,7 +216,14 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
 
 async fn validate_file(file: &Path) -> anyhow::Result<()> {
     let (info, _, _) = describe_file(file).await?;
-    validate(&info).map_err(|message| anyhow::anyhow!("{}: invalid description: {message}", file.display()))?;
-    println!("{}: ok: plugin {} {} ({})", file.display(), info.name, info.version, info.kinds.names().join("+"));
+    validate(&info)
+        .map_err(|message| anyhow::anyhow!("{}: invalid description: {message}", file.display()))?;
+    println!(
+        "{}: ok: plugin {} {} ({})",
+        file.display(),
+        info.name,
+        info.version,
+        info.kinds.names().join("+")
+    );
     Ok(())
 }

@@ -220,11 +220,17 @@ impl Config {
         if !is_metric_name(&self.metrics.prefix) {
             return Err(invalid(
                 "metrics.prefix",
-                format!("{:?} is not a valid Prometheus name prefix", self.metrics.prefix),
+                format!(
+                    "{:?} is not a valid Prometheus name prefix",
+                    self.metrics.prefix
+                ),
             ));
         }
         if self.runtime.deadline_ms == 0 {
-            return Err(invalid("runtime.deadline_ms", "must be at least 1".to_owned()));
+            return Err(invalid(
+                "runtime.deadline_ms",
+                "must be at least 1".to_owned(),
+            ));
         }
         if self.runtime.memory_mib == 0 || self.runtime.memory_mib > 4096 {
             return Err(invalid(
@@ -250,13 +256,30 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
-        for prefix in self.policy.allow_read.iter().chain(&self.policy.deny_read) {
-            if !prefix.starts_with('/') || prefix.split('/').any(|part| part == "..") {
-                return Err(invalid(
-                    "policy.allow_read",
-                    format!("{prefix:?} must be an absolute path without '..'"),
-                ));
+        for (key, prefixes) in [
+            ("policy.allow_read", &self.policy.allow_read),
+            ("policy.deny_read", &self.policy.deny_read),
+        ] {
+            for prefix in prefixes {
+                if !prefix.starts_with('/') || prefix.split('/').any(|part| part == "..") {
+                    return Err(invalid(
+                        key,
+                        format!("{prefix:?} must be an absolute path without '..'"),
+                    ));
+                }
             }
+        }
+        if self.metrics.max_series_per_plugin == 0 {
+            return Err(invalid(
+                "metrics.max_series_per_plugin",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.storage.max_document_kib == 0 {
+            return Err(invalid(
+                "storage.max_document_kib",
+                "must be at least 1".to_owned(),
+            ));
         }
         for (name, table) in &self.plugins {
             for (key, parse) in [("deadline_ms", 1..=600_000), ("memory_mib", 1..=4096)] {

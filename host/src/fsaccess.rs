@@ -61,6 +61,11 @@ impl ReadGrant {
     pub fn prefixes(&self) -> &[String] {
         &self.prefixes
     }
+
+    /// Whether a declared prefix (in any spelling) was granted.
+    pub fn covers(&self, declared: &str) -> bool {
+        normalize(declared).is_ok_and(|p| self.prefixes.contains(&p))
+    }
 }
 
 impl FsAccess {
@@ -68,7 +73,11 @@ impl FsAccess {
     /// (reads below it then fail with `not-found`), so the agent still runs in odd sandboxes.
     pub fn open(policy: &PolicyConfig) -> Self {
         let mut roots = Vec::new();
-        let cgroup = policy.cgroup_root.to_string_lossy().trim_end_matches('/').to_owned();
+        let cgroup = policy
+            .cgroup_root
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned();
         for prefix in [cgroup.as_str(), "/proc", "/sys"] {
             if prefix.is_empty() || roots.iter().any(|(p, _)| p == prefix) {
                 continue;
@@ -168,13 +177,18 @@ impl FsAccess {
             )));
         }
         if self.deny.iter().any(|denied| is_below(&path, denied)) {
-            return Err(FsError::Denied(format!("{path} is denied by policy.deny_read")));
+            return Err(FsError::Denied(format!(
+                "{path} is denied by policy.deny_read"
+            )));
         }
         if let Some(secret) = secret_of(&path) {
             // A secret is readable only when the operator allowed exactly it (or below it)
             // and the plugin declared it: `allow_read = ["/proc/kallsyms"]`.
             let explicit = self.allow.iter().any(|allowed| is_below(allowed, &secret))
-                && grant.prefixes.iter().any(|prefix| is_below(prefix, &secret));
+                && grant
+                    .prefixes
+                    .iter()
+                    .any(|prefix| is_below(prefix, &secret));
             if !explicit {
                 return Err(FsError::Denied(format!("{path} is a secret ({secret})")));
             }
@@ -283,7 +297,9 @@ fn is_process_file_link(path: &str) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    matches!(name.as_str(), "exe" | "cwd" | "root") || path.contains("/fd/") || path.contains("/map_files/")
+    matches!(name.as_str(), "exe" | "cwd" | "root")
+        || path.contains("/fd/")
+        || path.contains("/map_files/")
 }
 
 fn io_error(path: &str, err: &std::io::Error) -> FsError {
@@ -317,7 +333,9 @@ mod tests {
     fn reads_declared_file() {
         let fs = access();
         let grant = fs.grant(&["/proc/loadavg".to_owned()]);
-        let bytes = fs.read_file(&grant, "/proc/loadavg").expect("loadavg is readable");
+        let bytes = fs
+            .read_file(&grant, "/proc/loadavg")
+            .expect("loadavg is readable");
         assert!(!bytes.is_empty());
     }
 
@@ -325,17 +343,29 @@ mod tests {
     fn undeclared_path_is_denied() {
         let fs = access();
         let grant = fs.grant(&["/proc/loadavg".to_owned()]);
-        assert!(matches!(fs.read_file(&grant, "/proc/meminfo"), Err(FsError::Denied(_))));
+        assert!(matches!(
+            fs.read_file(&grant, "/proc/meminfo"),
+            Err(FsError::Denied(_))
+        ));
         // A prefix match must be component-wise.
-        assert!(matches!(fs.read_file(&grant, "/proc/loadavgx"), Err(FsError::Denied(_))));
+        assert!(matches!(
+            fs.read_file(&grant, "/proc/loadavgx"),
+            Err(FsError::Denied(_))
+        ));
     }
 
     #[test]
     fn dotdot_and_relative_are_invalid() {
         let fs = access();
         let grant = fs.grant(&["/proc".to_owned()]);
-        assert!(matches!(fs.read_file(&grant, "/proc/../etc/passwd"), Err(FsError::Invalid(_))));
-        assert!(matches!(fs.read_file(&grant, "proc/loadavg"), Err(FsError::Invalid(_))));
+        assert!(matches!(
+            fs.read_file(&grant, "/proc/../etc/passwd"),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(
+            fs.read_file(&grant, "proc/loadavg"),
+            Err(FsError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -351,9 +381,15 @@ mod tests {
             "/proc/kcore",
             "/proc/kallsyms",
         ] {
-            assert!(matches!(fs.read_file(&grant, path), Err(FsError::Denied(_))), "{path}");
+            assert!(
+                matches!(fs.read_file(&grant, path), Err(FsError::Denied(_))),
+                "{path}"
+            );
         }
-        assert!(matches!(fs.read_link(&grant, "/proc/self/exe"), Err(FsError::Denied(_))));
+        assert!(matches!(
+            fs.read_link(&grant, "/proc/self/exe"),
+            Err(FsError::Denied(_))
+        ));
     }
 
     #[test]

@@ -19,7 +19,11 @@ impl HostInfo {
         };
         let hostname = {
             let name = read("/proc/sys/kernel/hostname");
-            if name.is_empty() { "localhost".to_owned() } else { name }
+            if name.is_empty() {
+                "localhost".to_owned()
+            } else {
+                name
+            }
         };
         let boot_time_secs = read("/proc/stat")
             .lines()

@@ -88,7 +88,10 @@ pub fn routes(
             if state.ready.load(Ordering::Acquire) {
                 StatusCode::NO_CONTENT.into_response()
             } else {
-                json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "not ready"}))
+                json_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready"}),
+                )
             }
         });
 
@@ -150,19 +153,29 @@ pub fn routes(
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_state)
-        .then(|params: HashMap<String, String>, state: Arc<AppState>| async move {
-            let query = match parse_event_query(&params) {
-                Ok(query) => query,
-                Err(message) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", &message),
-            };
-            let store = state.store.clone();
-            let result = tokio::task::spawn_blocking(move || store.query(&query)).await;
-            match result {
-                Ok(Ok(docs)) => json_reply(StatusCode::OK, &docs),
-                Ok(Err(err)) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "io", &err.to_string()),
-                Err(err) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", &err.to_string()),
-            }
-        });
+        .then(
+            |params: HashMap<String, String>, state: Arc<AppState>| async move {
+                let query = match parse_event_query(&params) {
+                    Ok(query) => query,
+                    Err(message) => {
+                        return error_reply(StatusCode::BAD_REQUEST, "bad_request", &message);
+                    }
+                };
+                let store = state.store.clone();
+                let result = tokio::task::spawn_blocking(move || store.query(&query)).await;
+                match result {
+                    Ok(Ok(docs)) => json_reply(StatusCode::OK, &docs),
+                    Ok(Err(err)) => {
+                        error_reply(StatusCode::INTERNAL_SERVER_ERROR, "io", &err.to_string())
+                    }
+                    Err(err) => error_reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &err.to_string(),
+                    ),
+                }
+            },
+        );
 
     metrics
         .or(healthz)
@@ -181,7 +194,10 @@ pub fn routes(
             let (status, message) = if rejection.is_not_found() {
                 (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
             } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed".to_owned(),
+                )
             } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
                 (StatusCode::BAD_REQUEST, "invalid query string".to_owned())
             } else {
@@ -208,8 +224,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, String> {
     for key in params.keys() {
-        if !matches!(key.as_str(), "tracer" | "container" | "since" | "until" | "limit") {
-            return Err(format!("unknown parameter {key:?}; use tracer, container, since, until, limit"));
+        if !matches!(
+            key.as_str(),
+            "tracer" | "container" | "since" | "until" | "limit"
+        ) {
+            return Err(format!(
+                "unknown parameter {key:?}; use tracer, container, since, until, limit"
+            ));
         }
     }
     let limit = match params.get("limit") {
@@ -223,7 +244,10 @@ fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, Str
     let time = |key: &str| -> Result<Option<DateTime<Utc>>, String> {
         params
             .get(key)
-            .map(|v| parse_time(v).ok_or_else(|| format!("{key} must be RFC 3339 or Unix seconds, got {v:?}")))
+            .map(|v| {
+                parse_time(v)
+                    .ok_or_else(|| format!("{key} must be RFC 3339 or Unix seconds, got {v:?}"))
+            })
             .transpose()
     };
     Ok(EventQuery {
@@ -252,7 +276,10 @@ fn json_reply<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 fn error_reply(status: StatusCode, code: &str, message: &str) -> Response {
-    json_reply(status, &json!({"error": {"code": code, "message": message}}))
+    json_reply(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
 }
 
 #[cfg(test)]
@@ -267,8 +294,12 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<HashMap<_, _>>()
         };
-        let q = parse_event_query(&params(&[("tracer", "oom"), ("since", "1700000000"), ("limit", "5")]))
-            .expect("valid");
+        let q = parse_event_query(&params(&[
+            ("tracer", "oom"),
+            ("since", "1700000000"),
+            ("limit", "5"),
+        ]))
+        .expect("valid");
         assert_eq!(q.tracer.as_deref(), Some("oom"));
         assert_eq!(q.limit, 5);
         assert_eq!(q.since.map(|t| t.timestamp()), Some(1_700_000_000));

@@ -22,7 +22,8 @@ use crate::runtime::{Metric, MetricKind};
 use crate::storage::Store;
 
 /// OpenMetrics content type (what Prometheus asks for first).
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Classic text format.
 pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -52,12 +53,15 @@ struct Snapshot {
 impl Snapshot {
     /// Adds a sample; returns `false` when it conflicts with the family or repeats a series.
     fn add(&mut self, name: &str, help: &str, kind: Kind, labels: Labels, value: f64) -> bool {
-        let family = self.families.entry(name.to_owned()).or_insert_with(|| Family {
-            help: help.to_owned(),
-            kind,
-            series: Vec::new(),
-            seen: HashSet::new(),
-        });
+        let family = self
+            .families
+            .entry(name.to_owned())
+            .or_insert_with(|| Family {
+                help: help.to_owned(),
+                kind,
+                series: Vec::new(),
+                seen: HashSet::new(),
+            });
         if family.kind != kind || !family.seen.insert(labels.clone()) {
             return false;
         }
@@ -98,7 +102,12 @@ impl Exposition {
     }
 
     /// Runs a scrape and encodes it.
-    pub async fn scrape(&self, manager: &PluginManager, store: &Store, openmetrics: bool) -> String {
+    pub async fn scrape(
+        &self,
+        manager: &PluginManager,
+        store: &Store,
+        openmetrics: bool,
+    ) -> String {
         let handles = manager.handles().await;
         let mut updates = tokio::task::JoinSet::new();
         for handle in handles.iter().filter(|h| h.spec.info.kinds.metric) {
@@ -146,7 +155,12 @@ impl Exposition {
         body
     }
 
-    fn add_plugin_metrics(&self, snapshot: &mut Snapshot, handle: &PluginHandle, metrics: Vec<Metric>) {
+    fn add_plugin_metrics(
+        &self,
+        snapshot: &mut Snapshot,
+        handle: &PluginHandle,
+        metrics: Vec<Metric>,
+    ) {
         let plugin = &handle.spec.info.name;
         let mut dropped = 0u64;
         let cap = self.config.max_series_per_plugin;
@@ -170,7 +184,10 @@ impl Exposition {
             };
             let valid_labels = metric.labels.len() <= 32
                 && metric.labels.iter().all(|(k, v)| {
-                    is_metric_name(k) && !k.starts_with("__") && v.len() <= 1024 && !is_reserved_label(k)
+                    is_metric_name(k)
+                        && !k.starts_with("__")
+                        && v.len() <= 1024
+                        && !is_reserved_label(k)
                 });
             if !is_metric_name(base) || base.is_empty() || !valid_value || !valid_labels {
                 dropped += 1;
@@ -232,18 +249,66 @@ impl Exposition {
             let name = &handle.spec.info.name;
             let stats = &handle.stats;
             let counters: [(&str, &str, u64); 12] = [
-                ("plugin_calls", "Guest calls made.", stats.calls.load(Ordering::Relaxed)),
-                ("plugin_traps", "Guest calls that trapped (panic, memory cap, deadline).", stats.traps.load(Ordering::Relaxed)),
-                ("plugin_timeouts", "Guest calls stopped by the per-call deadline.", stats.timeouts.load(Ordering::Relaxed)),
-                ("plugin_call_errors", "Guest calls that returned an error value.", stats.call_errors.load(Ordering::Relaxed)),
-                ("plugin_restarts", "Instances re-created after a failure.", stats.restarts.load(Ordering::Relaxed)),
-                ("plugin_hits", "Calls of the plugin's start entry point.", stats.hits.load(Ordering::Relaxed)),
-                ("plugin_denied_reads", "File reads refused by capability checks.", stats.denied_reads.load(Ordering::Relaxed)),
-                ("plugin_documents_saved", "Documents accepted from the plugin.", stats.documents_saved.load(Ordering::Relaxed)),
-                ("plugin_documents_dropped", "Documents dropped because the storage queue was full.", stats.documents_dropped.load(Ordering::Relaxed)),
-                ("plugin_documents_rejected", "Documents refused as malformed.", stats.documents_rejected.load(Ordering::Relaxed)),
-                ("plugin_metrics_dropped", "Metric samples dropped as malformed, duplicate or over the series cap.", stats.metrics_dropped.load(Ordering::Relaxed)),
-                ("plugin_memory_bytes", "Linear memory of the plugin's current instance.", stats.memory_bytes.load(Ordering::Relaxed)),
+                (
+                    "plugin_calls",
+                    "Guest calls made.",
+                    stats.calls.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_traps",
+                    "Guest calls that trapped (panic, memory cap, deadline).",
+                    stats.traps.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_timeouts",
+                    "Guest calls stopped by the per-call deadline.",
+                    stats.timeouts.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_call_errors",
+                    "Guest calls that returned an error value.",
+                    stats.call_errors.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_restarts",
+                    "Instances re-created after a failure.",
+                    stats.restarts.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_hits",
+                    "Calls of the plugin's start entry point.",
+                    stats.hits.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_denied_reads",
+                    "File reads refused by capability checks.",
+                    stats.denied_reads.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_documents_saved",
+                    "Documents accepted from the plugin.",
+                    stats.documents_saved.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_documents_dropped",
+                    "Documents dropped because the storage queue was full.",
+                    stats.documents_dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_documents_rejected",
+                    "Documents refused as malformed.",
+                    stats.documents_rejected.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_metrics_dropped",
+                    "Metric samples dropped as malformed, duplicate or over the series cap.",
+                    stats.metrics_dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_memory_bytes",
+                    "Linear memory of the plugin's current instance.",
+                    stats.memory_bytes.load(Ordering::Relaxed),
+                ),
             ];
             for (metric, help, value) in counters {
                 let kind = if metric == "plugin_memory_bytes" {
@@ -268,7 +333,13 @@ impl Exposition {
             let mut labels = plugin(name);
             labels.push(("version".to_owned(), handle.spec.info.version.clone()));
             labels.push(("sha256".to_owned(), handle.spec.prepared.sha256.clone()));
-            snapshot.add("plugin_info", "Loaded plugin version and digest.", Kind::Gauge, labels, 1.0);
+            snapshot.add(
+                "plugin_info",
+                "Loaded plugin version and digest.",
+                Kind::Gauge,
+                labels,
+                1.0,
+            );
         }
 
         let stats = store.stats();
@@ -284,11 +355,36 @@ impl Exposition {
             }
         }
         let storage: [(&str, &str, Kind, u64); 5] = [
-            ("storage_documents_dropped", "Documents dropped because the storage queue was full.", Kind::Counter, stats.dropped_queue_full.load(Ordering::Relaxed)),
-            ("storage_documents_rejected", "Documents refused as malformed.", Kind::Counter, stats.rejected_invalid.load(Ordering::Relaxed)),
-            ("storage_write_errors", "Documents lost to local write errors.", Kind::Counter, stats.write_errors.load(Ordering::Relaxed)),
-            ("storage_rotations", "Local store file rotations.", Kind::Counter, stats.rotations.load(Ordering::Relaxed)),
-            ("storage_queue_length", "Documents waiting for the local writer.", Kind::Gauge, stats.queued.load(Ordering::Relaxed)),
+            (
+                "storage_documents_dropped",
+                "Documents dropped because the storage queue was full.",
+                Kind::Counter,
+                stats.dropped_queue_full.load(Ordering::Relaxed),
+            ),
+            (
+                "storage_documents_rejected",
+                "Documents refused as malformed.",
+                Kind::Counter,
+                stats.rejected_invalid.load(Ordering::Relaxed),
+            ),
+            (
+                "storage_write_errors",
+                "Documents lost to local write errors.",
+                Kind::Counter,
+                stats.write_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "storage_rotations",
+                "Local store file rotations.",
+                Kind::Counter,
+                stats.rotations.load(Ordering::Relaxed),
+            ),
+            (
+                "storage_queue_length",
+                "Documents waiting for the local writer.",
+                Kind::Gauge,
+                stats.queued.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, kind, value) in storage {
             snapshot.add(name, help, kind, Vec::new(), value as f64);
@@ -305,8 +401,20 @@ impl Exposition {
             1.0,
         );
         if let Some((cpu_seconds, rss_bytes)) = self_usage() {
-            snapshot.add("process_cpu_seconds", "CPU time of the agent process.", Kind::Counter, Vec::new(), cpu_seconds);
-            snapshot.add("process_resident_memory_bytes", "Resident memory of the agent process.", Kind::Gauge, Vec::new(), rss_bytes);
+            snapshot.add(
+                "process_cpu_seconds",
+                "CPU time of the agent process.",
+                Kind::Counter,
+                Vec::new(),
+                cpu_seconds,
+            );
+            snapshot.add(
+                "process_resident_memory_bytes",
+                "Resident memory of the agent process.",
+                Kind::Gauge,
+                Vec::new(),
+                rss_bytes,
+            );
         }
     }
 }
@@ -326,7 +434,12 @@ pub fn self_usage() -> Option<(f64, f64)> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     #[allow(unsafe_code, reason = "sysconf is always safe")]
-    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let resident: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(((utime + stime) / ticks as f64, resident * page as f64))

@@ -24,9 +24,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use kpulse::plugin::types::{
-    ErrorCode, Kinds, Level, MetricKind, RunType,
-};
+pub use kpulse::plugin::types::{ErrorCode, Kinds, Level, MetricKind, RunType};
 
 /// Length of one epoch tick. Deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -109,7 +109,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -186,7 +188,10 @@ impl Store {
                 Ok(tracer_id)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                inner.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(SaveError::QueueFull)
             }
         }
@@ -201,7 +206,9 @@ impl Store {
             )));
         }
         if request.container_id.len() > 128 {
-            return Err(SaveError::Invalid("container id longer than 128 bytes".to_owned()));
+            return Err(SaveError::Invalid(
+                "container id longer than 128 bytes".to_owned(),
+            ));
         }
         if request.data_json.len() > inner.max_document_bytes {
             return Err(SaveError::Invalid(format!(
@@ -213,7 +220,9 @@ impl Store {
         let data: Value = serde_json::from_str(request.data_json)
             .map_err(|err| SaveError::Invalid(format!("tracer_data is not JSON: {err}")))?;
         if !data.is_object() {
-            return Err(SaveError::Invalid("tracer_data must be a JSON object".to_owned()));
+            return Err(SaveError::Invalid(
+                "tracer_data must be a JSON object".to_owned(),
+            ));
         }
         let now = Utc::now();
         let tracer_time = time_from_ns(request.time_ns).unwrap_or(now);
@@ -265,7 +274,7 @@ impl Store {
                 }
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
         found.truncate(query.limit);
         Ok(found.into_iter().map(|(_, doc)| doc).collect())
     }
@@ -332,11 +341,16 @@ fn scan_file(path: &Path, query: &EventQuery) -> std::io::Result<Vec<(DateTime<U
         else {
             continue;
         };
-        if query.since.is_some_and(|since| at < since) || query.until.is_some_and(|until| at > until) {
+        if query.since.is_some_and(|since| at < since)
+            || query.until.is_some_and(|until| at > until)
+        {
             continue;
         }
         if let Some(container) = &query.container {
-            let id = doc.get("container_id").and_then(Value::as_str).unwrap_or("");
+            let id = doc
+                .get("container_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !id.starts_with(container.as_str()) || container.is_empty() {
                 continue;
             }
@@ -490,7 +504,7 @@ impl IdGenerator {
         let digest = sha2::Sha256::digest(hostname.as_bytes());
         let seed = u32::from_le_bytes([digest[3], digest[4], digest[5], digest[6]])
             ^ std::process::id()
-            ^ u32::try_from(Utc::now().timestamp_subsec_nanos()).unwrap_or(0);
+            ^ Utc::now().timestamp_subsec_nanos();
         Self {
             machine: [digest[0], digest[1], digest[2]],
             pid: (std::process::id() & 0xffff) as u16,
@@ -591,7 +605,11 @@ mod tests {
         let payload = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100_000));
         for i in 0..30u64 {
             store
-                .save(&request("big", &payload, (1_700_000_000 + i) * 1_000_000_000))
+                .save(&request(
+                    "big",
+                    &payload,
+                    (1_700_000_000 + i) * 1_000_000_000,
+                ))
                 .expect("saved");
         }
         wait_written(&store, "big", 30);
@@ -606,7 +624,8 @@ mod tests {
         // Simulate a crash mid-write: a torn line at the end.
         let path = dir.join("events/small.ndjson");
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
-        file.write_all(br#"{"@timestamp":"2023-"#).expect("torn write");
+        file.write_all(br#"{"@timestamp":"2023-"#)
+            .expect("torn write");
         let docs = store
             .query(&EventQuery {
                 tracer: Some("small".to_owned()),
@@ -624,9 +643,18 @@ mod tests {
     fn invalid_documents_are_rejected_and_counted() {
         let dir = std::env::temp_dir().join(format!("kpulse-store-bad-{}", std::process::id()));
         let store = Store::start(&StorageConfig::default(), &dir, host()).expect("store");
-        assert!(matches!(store.save(&request("x", "[1]", 0)), Err(SaveError::Invalid(_))));
-        assert!(matches!(store.save(&request("x", "{", 0)), Err(SaveError::Invalid(_))));
-        assert!(matches!(store.save(&request("../x", "{}", 0)), Err(SaveError::Invalid(_))));
+        assert!(matches!(
+            store.save(&request("x", "[1]", 0)),
+            Err(SaveError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.save(&request("x", "{", 0)),
+            Err(SaveError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.save(&request("../x", "{}", 0)),
+            Err(SaveError::Invalid(_))
+        ));
         assert_eq!(store.stats().rejected_invalid.load(Ordering::Relaxed), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -8,11 +8,19 @@ fn check(config: &str) -> (bool, String) {
     let dir = scratch_dir("config");
     let path = dir.join("kpulse.toml");
     std::fs::write(&path, config).unwrap();
-    let output = Command::new(kpulse_bin()).args(["config", "check"]).arg(&path).output().unwrap();
+    let output = Command::new(kpulse_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
         // `run` must refuse the same file with the same message.
-        let run = Command::new(kpulse_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+        let run = Command::new(kpulse_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(!run.status.success());
         assert!(String::from_utf8_lossy(&run.stderr).contains(stderr.lines().next().unwrap_or("")));
     }
@@ -32,7 +40,10 @@ fn unknown_key_names_key_and_line() {
 fn wrong_type_and_bad_values_are_named() {
     let (ok, err) = check("[runtime]\ndeadline_ms = \"fast\"\n");
     assert!(!ok);
-    assert!(err.contains("deadline_ms") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("deadline_ms") && err.contains("line 2"),
+        "{err}"
+    );
 
     let (ok, err) = check("[http]\nlisten = \"not an address\"\n");
     assert!(!ok);
@@ -50,6 +61,14 @@ fn wrong_type_and_bad_values_are_named() {
 #[test]
 fn example_config_is_valid() {
     let path = kpulse_integration_tests::root().join("kpulse.example.toml");
-    let output = Command::new(kpulse_bin()).args(["config", "check"]).arg(&path).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(kpulse_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

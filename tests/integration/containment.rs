@@ -42,14 +42,44 @@ fn bad_guests_are_quarantined_and_others_keep_working() {
 
     // Meanwhile, everything else kept working.
     let metrics = agent.metrics();
-    assert!(sample(&metrics, "kpulse_loadavg_load1{").is_some(), "{metrics}");
-    assert_eq!(sample_with(&metrics, "kpulse_scrape_collector_success", "collector=\"loadavg\""), Some(1.0));
-    assert_eq!(sample_with(&metrics, "kpulse_plugin_traps_total", "plugin=\"spin\""), Some(3.0));
-    assert_eq!(sample_with(&metrics, "kpulse_plugin_timeouts_total", "plugin=\"spin\""), Some(3.0));
-    assert_eq!(sample_with(&metrics, "kpulse_plugin_traps_total", "plugin=\"membomb\""), Some(3.0));
-    assert_eq!(sample_with(&metrics, "kpulse_plugin_restarts_total", "plugin=\"panicker\""), Some(2.0));
+    assert!(
+        sample(&metrics, "kpulse_loadavg_load1{").is_some(),
+        "{metrics}"
+    );
     assert_eq!(
-        sample_with(&metrics, "kpulse_plugin_state", "plugin=\"panicker\",state=\"quarantined\""),
+        sample_with(
+            &metrics,
+            "kpulse_scrape_collector_success",
+            "collector=\"loadavg\""
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_with(&metrics, "kpulse_plugin_traps_total", "plugin=\"spin\""),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_with(&metrics, "kpulse_plugin_timeouts_total", "plugin=\"spin\""),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_with(&metrics, "kpulse_plugin_traps_total", "plugin=\"membomb\""),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_with(
+            &metrics,
+            "kpulse_plugin_restarts_total",
+            "plugin=\"panicker\""
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_with(
+            &metrics,
+            "kpulse_plugin_state",
+            "plugin=\"panicker\",state=\"quarantined\""
+        ),
         Some(1.0)
     );
     assert_eq!(agent.plugin("loadavg").unwrap()["state"], "running");
@@ -57,17 +87,38 @@ fn bad_guests_are_quarantined_and_others_keep_working() {
     // The escaper is contained without being killed: every attempt failed and was counted.
     let escaper = agent.plugin("escaper").unwrap();
     assert_eq!(escaper["state"], "running");
-    assert_eq!(escaper["granted_read"], serde_json::json!(["/proc", "/sys"]));
-    assert_eq!(sample(&metrics, "kpulse_escaper_leaked{"), Some(0.0), "{}", agent.log());
+    assert_eq!(
+        escaper["granted_read"],
+        serde_json::json!(["/proc", "/sys"])
+    );
+    assert_eq!(
+        sample(&metrics, "kpulse_escaper_leaked{"),
+        Some(0.0),
+        "{}",
+        agent.log()
+    );
     assert!(sample(&metrics, "kpulse_escaper_attempts{").is_some_and(|n| n >= 19.0));
-    let denied = sample_with(&metrics, "kpulse_plugin_denied_reads_total", "plugin=\"escaper\"").unwrap();
+    let denied = sample_with(
+        &metrics,
+        "kpulse_plugin_denied_reads_total",
+        "plugin=\"escaper\"",
+    )
+    .unwrap();
     assert!(denied >= 12.0, "denied reads counted: {denied}");
 
     // An operator can release a quarantined plugin; it runs (and fails) again.
     assert_eq!(agent.put("/plugins/panicker/start").status, 204);
     agent.wait_state("panicker", "quarantined", timeout);
-    let traps = sample_with(&agent.metrics(), "kpulse_plugin_traps_total", "plugin=\"panicker\"").unwrap();
-    assert!(traps >= 6.0, "panicker trapped again after release: {traps}");
+    let traps = sample_with(
+        &agent.metrics(),
+        "kpulse_plugin_traps_total",
+        "plugin=\"panicker\"",
+    )
+    .unwrap();
+    assert!(
+        traps >= 6.0,
+        "panicker trapped again after release: {traps}"
+    );
 }
 
 #[test]

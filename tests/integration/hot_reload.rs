@@ -18,25 +18,37 @@ fn add_replace_remove_without_restart() {
 
     // Add.
     install(&agent.plugin_dir, &guest_wasm("hot-v1"));
-    wait_for(RELOAD, "hot v1 to serve", || (marker(&agent) == Some(1.0)).then_some(()));
+    wait_for(RELOAD, "hot v1 to serve", || {
+        (marker(&agent) == Some(1.0)).then_some(())
+    });
     let v1 = agent.wait_state("hot", "running", RELOAD);
     assert_eq!(v1["version"], "1.0.0");
 
     // Replace by write-then-rename.
     install(&agent.plugin_dir, &guest_wasm("hot-v2"));
-    wait_for(RELOAD, "hot v2 to serve", || (marker(&agent) == Some(2.0)).then_some(()));
+    wait_for(RELOAD, "hot v2 to serve", || {
+        (marker(&agent) == Some(2.0)).then_some(())
+    });
     let v2 = agent.plugin("hot").unwrap();
     assert_eq!(v2["version"], "2.0.0");
     assert_ne!(v1["sha256"], v2["sha256"]);
 
     // Replace by an in-place write.
-    std::fs::write(agent.plugin_dir.join("hot.wasm"), std::fs::read(guest_wasm("hot-v1")).unwrap()).unwrap();
-    wait_for(RELOAD, "hot v1 to serve again", || (marker(&agent) == Some(1.0)).then_some(()));
+    std::fs::write(
+        agent.plugin_dir.join("hot.wasm"),
+        std::fs::read(guest_wasm("hot-v1")).unwrap(),
+    )
+    .unwrap();
+    wait_for(RELOAD, "hot v1 to serve again", || {
+        (marker(&agent) == Some(1.0)).then_some(())
+    });
     assert_eq!(agent.plugin("hot").unwrap()["version"], "1.0.0");
 
     // Remove.
     std::fs::remove_file(agent.plugin_dir.join("hot.wasm")).unwrap();
-    wait_for(RELOAD, "hot to be unloaded", || agent.plugin("hot").is_none().then_some(()));
+    wait_for(RELOAD, "hot to be unloaded", || {
+        agent.plugin("hot").is_none().then_some(())
+    });
     let metrics = agent.metrics();
     assert!(!metrics.contains("kpulse_hot_marker"), "{metrics}");
     // The other plugin never stopped, and it is the same process throughout.
@@ -56,7 +68,11 @@ fn broken_replacement_keeps_old_version() {
     std::fs::write(&tmp, b"\0asm this is not a component").unwrap();
     std::fs::rename(&tmp, agent.plugin_dir.join("hot.wasm")).unwrap();
     let after = wait_for(RELOAD, "the rejected replacement to be reported", || {
-        agent.plugin("hot").filter(|p| p["last_error"].as_str().is_some_and(|e| e.contains("not a valid kpulse plugin")))
+        agent.plugin("hot").filter(|p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a valid kpulse plugin"))
+        })
     });
     assert_eq!(after["state"], "running");
     assert_eq!(after["version"], "1.0.0");
@@ -66,14 +82,25 @@ fn broken_replacement_keeps_old_version() {
 
 #[test]
 fn replacement_failing_init_keeps_old_version() {
-    let agent = Agent::start("initfail", &[guest_wasm("hot-v1")], "[plugins.hot]\nfail_init_version = \"2.0.0\"\n");
+    let agent = Agent::start(
+        "initfail",
+        &[guest_wasm("hot-v1")],
+        "[plugins.hot]\nfail_init_version = \"2.0.0\"\n",
+    );
     agent.wait_state("hot", "running", RELOAD);
     install(&agent.plugin_dir, &guest_wasm("hot-v2"));
     let after = wait_for(RELOAD, "the rejected replacement to be reported", || {
-        agent.plugin("hot").filter(|p| p["last_error"].as_str().is_some_and(|e| e.contains("replacement")))
+        agent.plugin("hot").filter(|p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("replacement"))
+        })
     });
     let last_error = after["last_error"].as_str().unwrap();
-    assert!(last_error.contains("init failure requested for 2.0.0"), "{last_error}");
+    assert!(
+        last_error.contains("init failure requested for 2.0.0"),
+        "{last_error}"
+    );
     assert_eq!(after["state"], "running");
     assert_eq!(after["version"], "1.0.0");
     assert_eq!(marker(&agent), Some(1.0));

@@ -3,7 +3,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kpulse_integration_tests::{Agent, free_port, http, plugin_wasm, sample, scratch_dir, wait_for};
+use kpulse_integration_tests::{
+    Agent, free_port, http, plugin_wasm, sample, scratch_dir, wait_for,
+};
 
 fn promtool_check(exposition: &str) {
     use std::io::Write;
@@ -14,7 +16,12 @@ fn promtool_check(exposition: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed");
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
@@ -22,13 +29,20 @@ fn promtool_check(exposition: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
     // promtool exits non-zero on parse errors; lint findings are printed too.
-    assert!(output.status.success(), "promtool rejected /metrics: {report}");
+    assert!(
+        output.status.success(),
+        "promtool rejected /metrics: {report}"
+    );
     assert!(report.trim().is_empty(), "promtool lint findings: {report}");
 }
 
 #[test]
 fn exposition_is_valid_in_both_formats() {
-    let agent = Agent::start("metrics", &[plugin_wasm("loadavg"), plugin_wasm("example")], "");
+    let agent = Agent::start(
+        "metrics",
+        &[plugin_wasm("loadavg"), plugin_wasm("example")],
+        "",
+    );
     agent.wait_state("example", "running", Duration::from_secs(10));
     let text = agent.metrics();
     promtool_check(&text);
@@ -41,30 +55,69 @@ fn exposition_is_valid_in_both_formats() {
         "kpulse_build_info{",
         "kpulse_storage_documents_dropped_total",
     ] {
-        assert!(sample(&text, family).is_some(), "{family} missing from:\n{text}");
+        assert!(
+            sample(&text, family).is_some(),
+            "{family} missing from:\n{text}"
+        );
     }
     let host_load = std::fs::read_to_string("/proc/loadavg").unwrap();
-    let tasks: f64 = host_load.split_whitespace().nth(3).unwrap().split('/').nth(1).unwrap().parse().unwrap();
+    let tasks: f64 = host_load
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let exposed = sample(&text, "kpulse_loadavg_nr_tasks{").unwrap();
-    assert!((exposed - tasks).abs() < tasks * 0.5 + 50.0, "nr_tasks {exposed} vs /proc/loadavg {tasks}");
+    assert!(
+        (exposed - tasks).abs() < tasks * 0.5 + 50.0,
+        "nr_tasks {exposed} vs /proc/loadavg {tasks}"
+    );
 
-    let om = http(agent.addr, "GET", "/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]).unwrap();
+    let om = http(
+        agent.addr,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .unwrap();
     assert_eq!(om.status, 200);
-    assert!(om.headers.to_ascii_lowercase().contains("application/openmetrics-text"), "{}", om.headers);
-    assert!(om.body.trim_end().ends_with("# EOF"), "OpenMetrics must end with # EOF");
+    assert!(
+        om.headers
+            .to_ascii_lowercase()
+            .contains("application/openmetrics-text"),
+        "{}",
+        om.headers
+    );
+    assert!(
+        om.body.trim_end().ends_with("# EOF"),
+        "OpenMetrics must end with # EOF"
+    );
     assert!(om.body.contains("# TYPE kpulse_example_ticks counter"));
 }
 
 #[test]
 fn huatuo_prefix_reproduces_huatuo_names() {
-    let agent = Agent::start("huatuo", &[plugin_wasm("loadavg")], "[metrics]\nprefix = \"huatuo_bamai\"\n");
+    let agent = Agent::start(
+        "huatuo",
+        &[plugin_wasm("loadavg")],
+        "[metrics]\nprefix = \"huatuo_bamai\"\n",
+    );
     let text = wait_for(Duration::from_secs(10), "loadavg metrics", || {
         let text = agent.metrics();
         text.contains("huatuo_bamai_loadavg_load1{").then_some(text)
     });
     promtool_check(&text);
-    let line = text.lines().find(|l| l.starts_with("huatuo_bamai_loadavg_load1{")).unwrap();
-    assert!(line.contains("region=\"test\"") && line.contains("host=\""), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("huatuo_bamai_loadavg_load1{"))
+        .unwrap();
+    assert!(
+        line.contains("region=\"test\"") && line.contains("host=\""),
+        "{line}"
+    );
     assert!(text.contains("huatuo_bamai_scrape_collector_success{collector=\"loadavg\"} 1"));
 }
 
@@ -80,8 +133,14 @@ fn prometheus_server_scrapes_the_agent() {
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -89,17 +148,30 @@ fn prometheus_server_scrapes_the_agent() {
         .expect("prometheus (Debian package prometheus) must be installed");
     let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let result = std::panic::catch_unwind(|| {
-        wait_for(Duration::from_secs(60), "Prometheus to return kpulse_loadavg_load1", || {
-            let response = http(server, "GET", "/api/v1/query?query=kpulse_loadavg_load1", &[]).ok()?;
-            let json: serde_json::Value = serde_json::from_str(&response.body).ok()?;
-            let result = json["data"]["result"].as_array()?.first()?.clone();
-            Some(result)
-        })
+        wait_for(
+            Duration::from_secs(60),
+            "Prometheus to return kpulse_loadavg_load1",
+            || {
+                let response = http(
+                    server,
+                    "GET",
+                    "/api/v1/query?query=kpulse_loadavg_load1",
+                    &[],
+                )
+                .ok()?;
+                let json: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+                let result = json["data"]["result"].as_array()?.first()?.clone();
+                Some(result)
+            },
+        )
     });
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     let result = result.unwrap_or_else(|_| {
-        panic!("{}", std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default())
+        panic!(
+            "{}",
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        )
     });
     assert_eq!(result["metric"]["job"], "kpulse");
     assert_eq!(result["metric"]["region"], "test");

@@ -18,9 +18,15 @@ fn non_loopback_ip() -> IpAddr {
     {
         return ip;
     }
-    let _ = Command::new("ip").args(["link", "add", "kpulse-test0", "type", "dummy"]).status();
-    let _ = Command::new("ip").args(["addr", "add", "10.199.0.1/32", "dev", "kpulse-test0"]).status();
-    let _ = Command::new("ip").args(["link", "set", "kpulse-test0", "up"]).status();
+    let _ = Command::new("ip")
+        .args(["link", "add", "kpulse-test0", "type", "dummy"])
+        .status();
+    let _ = Command::new("ip")
+        .args(["addr", "add", "10.199.0.1/32", "dev", "kpulse-test0"])
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "set", "kpulse-test0", "up"])
+        .status();
     "10.199.0.1".parse().unwrap()
 }
 
@@ -45,8 +51,32 @@ fn mutating_endpoints_are_loopback_only_by_default() {
 
 #[test]
 fn bearer_token_opens_mutating_endpoints() {
-    let agent = Agent::start("token", &[plugin_wasm("loadavg")], "[http]\nbearer_token = \"s3cret\"\n");
+    let agent = Agent::start(
+        "token",
+        &[plugin_wasm("loadavg")],
+        "[http]\nbearer_token = \"s3cret\"\n",
+    );
     let outside = SocketAddr::new(non_loopback_ip(), agent.addr.port());
-    assert_eq!(http(outside, "PUT", "/plugins/loadavg/stop", &[("Authorization", "Bearer wrong")]).unwrap().status, 403);
-    assert_eq!(http(outside, "PUT", "/plugins/loadavg/stop", &[("Authorization", "Bearer s3cret")]).unwrap().status, 204);
+    assert_eq!(
+        http(
+            outside,
+            "PUT",
+            "/plugins/loadavg/stop",
+            &[("Authorization", "Bearer wrong")]
+        )
+        .unwrap()
+        .status,
+        403
+    );
+    assert_eq!(
+        http(
+            outside,
+            "PUT",
+            "/plugins/loadavg/stop",
+            &[("Authorization", "Bearer s3cret")]
+        )
+        .unwrap()
+        .status,
+        204
+    );
 }

@@ -4,7 +4,10 @@
 //! Prerequisites (done by `scripts/test.sh`): `target/release/kpulse` and the components in
 //! `target/plugins` and `target/test-guests` are built.
 
-#![allow(clippy::unwrap_used, reason = "test harness: a failed setup step should panic")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test harness: a failed setup step should panic"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,7 +55,11 @@ pub fn scratch_dir(label: &str) -> PathBuf {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
@@ -79,15 +86,23 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
     }
 }
 
 /// A minimal HTTP/1.1 client (one request per connection), enough for the agent's API.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -102,7 +117,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -117,7 +135,9 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
@@ -249,7 +269,10 @@ impl Agent {
             return;
         }
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -272,8 +295,15 @@ impl Drop for Agent {
 /// Copies a component into a plugin directory the way operators should: write to a hidden
 /// temporary name, then rename into place.
 pub fn install(plugin_dir: &Path, component: &Path) {
-    let stem = component.file_stem().unwrap().to_string_lossy().into_owned();
-    let name = stem.strip_suffix("-v1").or_else(|| stem.strip_suffix("-v2")).unwrap_or(&stem);
+    let stem = component
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let name = stem
+        .strip_suffix("-v1")
+        .or_else(|| stem.strip_suffix("-v2"))
+        .unwrap_or(&stem);
     let tmp = plugin_dir.join(format!(".{name}.wasm.tmp"));
     std::fs::copy(component, &tmp).unwrap();
     std::fs::rename(&tmp, plugin_dir.join(format!("{name}.wasm"))).unwrap();

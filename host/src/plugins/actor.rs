@@ -61,7 +61,10 @@ pub struct Gate {
 enum Exit {
     Stopped,
     Inactive(String),
-    Failed { error: String, retry: bool },
+    Failed {
+        error: String,
+        retry: bool,
+    },
     /// A gated replacement failed before it was ready; the supervisor just ends.
     Abandoned,
 }
@@ -146,7 +149,10 @@ impl Supervisor {
                 });
             if let Err(err) = spawned {
                 tracing::error!(plugin = %name, %err, "cannot spawn plugin thread");
-                self.set_status(PluginState::Failed, Some(format!("cannot spawn thread: {err}")));
+                self.set_status(
+                    PluginState::Failed,
+                    Some(format!("cannot spawn thread: {err}")),
+                );
                 return;
             }
 
@@ -455,12 +461,12 @@ impl IncarnationContext {
     fn trap_message(&self, store: &Store<HostState>, call: &str, err: &wasmtime::Error) -> String {
         self.stats.traps.fetch_add(1, Ordering::Relaxed);
         let state = store.data();
-        let reason = if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        let reason = if matches!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
             self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            format!(
-                "deadline of {} ms exceeded",
-                self.spec.deadline.as_millis()
-            )
+            format!("deadline of {} ms exceeded", self.spec.deadline.as_millis())
         } else if state.limiter.exceeded {
             format!("memory limit of {} bytes exceeded", self.spec.memory_bytes)
         } else {

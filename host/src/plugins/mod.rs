@@ -321,7 +321,12 @@ impl PluginManager {
                     self.plugins.write().await.remove(&name);
                     return Ok(());
                 }
-                let verdict = match tokio::time::timeout(spec.deadline * 4 + Duration::from_secs(1), ready_rx).await {
+                let verdict = match tokio::time::timeout(
+                    spec.deadline * 4 + Duration::from_secs(1),
+                    ready_rx,
+                )
+                .await
+                {
                     Ok(Ok(verdict)) => verdict,
                     Ok(Err(_)) => Err("new version ended before init".to_owned()),
                     Err(_) => Err("new version did not finish init in time".to_owned()),
@@ -541,7 +546,10 @@ pub fn validate(info: &Description) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !name_ok {
-        return Err(format!("name {:?} must match [a-z][a-z0-9_]{{0,63}}", info.name));
+        return Err(format!(
+            "name {:?} must match [a-z][a-z0-9_]{{0,63}}",
+            info.name
+        ));
     }
     if info.version.is_empty() || info.version.len() > 64 {
         return Err("version must be 1 to 64 characters".to_owned());

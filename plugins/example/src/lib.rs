@@ -75,7 +75,9 @@ impl Plugin for Example {
     fn init(config: Config) -> Result<Self> {
         let settings: Settings = config.parse()?;
         if settings.interval_ms == 0 {
-            return Err(Error::InvalidConfig("interval_ms must be at least 1".to_owned()));
+            return Err(Error::InvalidConfig(
+                "interval_ms must be at least 1".to_owned(),
+            ));
         }
         Ok(Example {
             settings,
@@ -103,7 +105,10 @@ impl Tracing for Example {
         }
         let now = ctx.now_ns();
         let cooldown = self.settings.cooldown_secs * 1_000_000_000;
-        if self.last_fired_ns.is_some_and(|last| now.saturating_sub(last) < cooldown) {
+        if self
+            .last_fired_ns
+            .is_some_and(|last| now.saturating_sub(last) < cooldown)
+        {
             return Ok(());
         }
         let record = Record {

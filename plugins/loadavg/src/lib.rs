@@ -24,11 +24,27 @@ impl Collector for Loadavg {
     fn update(&mut self) -> Result<Vec<Metric>> {
         let load = procfs::loadavg()?;
         Ok(vec![
-            metric::gauge("load1", load.load1, "System load average over the last minute."),
-            metric::gauge("load5", load.load5, "System load average over the last 5 minutes."),
-            metric::gauge("load15", load.load15, "System load average over the last 15 minutes."),
+            metric::gauge(
+                "load1",
+                load.load1,
+                "System load average over the last minute.",
+            ),
+            metric::gauge(
+                "load5",
+                load.load5,
+                "System load average over the last 5 minutes.",
+            ),
+            metric::gauge(
+                "load15",
+                load.load15,
+                "System load average over the last 15 minutes.",
+            ),
             metric::gauge("nr_running", load.running as f64, "Runnable tasks."),
-            metric::gauge("nr_tasks", load.total as f64, "All tasks (processes and threads)."),
+            metric::gauge(
+                "nr_tasks",
+                load.total as f64,
+                "All tasks (processes and threads).",
+            ),
         ])
     }
 }

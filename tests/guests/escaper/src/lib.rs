@@ -80,8 +80,16 @@ impl Tracing for Escaper {
 impl Collector for Escaper {
     fn update(&mut self) -> Result<Vec<Metric>> {
         Ok(vec![
-            metric::gauge("attempts", f64::from(self.attempts), "Escape attempts made."),
-            metric::gauge("leaked", self.leaked.len() as f64, "Escape attempts that succeeded."),
+            metric::gauge(
+                "attempts",
+                f64::from(self.attempts),
+                "Escape attempts made.",
+            ),
+            metric::gauge(
+                "leaked",
+                self.leaked.len() as f64,
+                "Escape attempts that succeeded.",
+            ),
         ])
     }
 }

@@ -16,7 +16,9 @@ kpulse_sdk::register!(Unsupported {
 
 impl Plugin for Unsupported {
     fn init(_config: Config) -> Result<Self> {
-        Err(Error::NotSupported("needs hardware this host lacks".to_owned()))
+        Err(Error::NotSupported(
+            "needs hardware this host lacks".to_owned(),
+        ))
     }
 }
 

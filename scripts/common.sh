@@ -1,0 +1,25 @@
+# Shared by run.sh and test.sh: idempotent installation of what kpulse needs on a fresh
+# Debian 12 machine (as root), and the release build of the agent and its plugins.
+
+# Installs Debian packages that are missing; runs `apt-get update` only when needed.
+ensure_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+}
+
+build_all() {
+    cargo build --release -p kpulse
+    scripts/build-plugins.sh
+}
