@@ -189,9 +189,7 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|cap| {
             let status = match cap.strip_prefix("read:") {
-                Some(prefix) if granted.covers(prefix) => {
-                    "granted by the default policy"
-                }
+                Some(prefix) if granted.covers(prefix) => "granted by the default policy",
                 Some(_) => "denied by the default policy",
                 None => "unknown to this host: never granted",
             };
