@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# The BPF objects that plugins embed.
+make -s -C ebpf
 
 packages=()
 for dir in plugins/*/ tests/guests/*/; do

@@ -19,7 +19,13 @@ ensure_rust() {
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 }
 
+# What the BPF objects are built with (clang CO-RE, bpftool for vmlinux.h, libbpf headers).
+ensure_bpf_toolchain() {
+    ensure_packages clang-19 llvm-19 bpftool libbpf-dev make
+}
+
 build_all() {
+    ensure_bpf_toolchain
     cargo build --release -p kpulse
     scripts/build-plugins.sh
 }

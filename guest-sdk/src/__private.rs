@@ -74,10 +74,14 @@ pub fn on_timer<T: Plugin + Tracing>(cell: &'static Cell<T>, id: u64) -> Result<
 pub fn on_events<T: Plugin + Tracing>(
     cell: &'static Cell<T>,
     subscription: u64,
-    batch: Vec<Vec<u8>>,
+    records: &[u8],
 ) -> Result<(), String> {
     with(cell, |p| {
-        p.on_events(&mut Context::new(), subscription, batch)
+        p.on_events(
+            &mut Context::new(),
+            subscription,
+            crate::bpf::Records::new(records),
+        )
     })
 }
 

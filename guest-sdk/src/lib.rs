@@ -33,6 +33,7 @@
 //! Guests never block: the host calls `start`, timers ([`Context::every`]), event batches and
 //! `update` one at a time, each under a deadline. See `docs/plugin-guide.md`.
 
+pub mod bpf;
 pub mod context;
 pub mod error;
 pub mod fs;
@@ -82,14 +83,15 @@ pub trait Tracing {
         Ok(())
     }
 
-    /// A batch of raw kernel records arrived on a subscription.
+    /// A batch of ring-buffer records arrived on a subscription made with
+    /// [`bpf::Object::subscribe`], oldest first.
     fn on_events(
         &mut self,
         ctx: &mut Context,
         subscription: u64,
-        batch: Vec<Vec<u8>>,
+        records: bpf::Records<'_>,
     ) -> Result<()> {
-        let _ = (ctx, subscription, batch);
+        let _ = (ctx, subscription, records);
         Ok(())
     }
 }
@@ -152,7 +154,7 @@ impl Config {
 pub mod prelude {
     pub use crate::metric::{self, Metric};
     pub use crate::{
-        Collector, Config, Context, Error, Plugin, Result, TimerId, Tracing, fs, log, procfs,
+        Collector, Config, Context, Error, Plugin, Result, TimerId, Tracing, bpf, fs, log, procfs,
         storage,
     };
 }
@@ -210,11 +212,11 @@ macro_rules! register {
                     ::std::result::Result::Ok(()))
             }
 
-            fn on_events(subscription: u64, batch: ::std::vec::Vec<::std::vec::Vec<u8>>)
+            fn on_events(subscription: u64, records: ::std::vec::Vec<u8>)
                 -> ::std::result::Result<(), ::std::string::String>
             {
                 $crate::__kpulse_if_kind!(tracing, [$($kind),+],
-                    $crate::__private::on_events::<$ty>(&__KPULSE_INSTANCE, subscription, batch),
+                    $crate::__private::on_events::<$ty>(&__KPULSE_INSTANCE, subscription, &records),
                     ::std::result::Result::Ok(()))
             }
 

@@ -179,7 +179,26 @@ pub struct PolicyConfig {
     pub deny_read: Vec<String>,
     /// Mount point of the cgroup filesystem (v1 hierarchy root or v2 mount).
     pub cgroup_root: PathBuf,
+    /// Plugins allowed to load BPF (they must also declare the `bpf` capability): plugin
+    /// names, or `sha256:<hex>` digests of plugin files. A digest pins an exact build; a
+    /// name trusts whoever can write the plugin directory. Defaults to the built-in
+    /// collectors' names.
+    pub bpf_allow: Vec<String>,
+    /// Plugins allowed to symbolize kernel addresses (`kallsyms` capability): names or
+    /// `sha256:<hex>`. Defaults to the built-in collectors' names.
+    pub kallsyms_allow: Vec<String>,
 }
+
+/// The built-in plugins that use BPF.
+pub const BUILTIN_BPF_PLUGINS: [&str; 7] = [
+    "softirq",
+    "oom",
+    "softlockup",
+    "hungtask",
+    "memreclaim",
+    "dropwatch",
+    "net_rx_latency",
+];
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -187,6 +206,14 @@ impl Default for PolicyConfig {
             allow_read: vec!["/proc".to_owned(), "/sys".to_owned()],
             deny_read: Vec::new(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            bpf_allow: BUILTIN_BPF_PLUGINS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            kallsyms_allow: BUILTIN_BPF_PLUGINS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }

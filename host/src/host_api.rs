@@ -14,11 +14,12 @@ use wasmtime::{ResourceLimiter, Result as WasmResult};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bpf::{AttachPoint, BpfError, BpfObject, Delivery};
 use crate::fsaccess::{EntryKind, FsAccess, FsError, ReadGrant};
 use crate::hostinfo::HostInfo;
 use crate::plugins::actor::Call;
 use crate::plugins::stats::PluginStats;
-use crate::runtime::kpulse::plugin::{clock, fs, host, log, storage, types};
+use crate::runtime::kpulse::plugin::{bpf, clock, fs, host, log, storage, types};
 use crate::runtime::{ErrorCode, Level, RunType};
 use crate::storage::{SaveError, SaveRequest, Store};
 
@@ -46,6 +47,9 @@ pub struct Identity {
     pub name: String,
     pub stats: Arc<PluginStats>,
     pub grant: ReadGrant,
+    /// Whether BPF is allowed, or why not.
+    pub bpf: Result<(), String>,
+    pub kallsyms: bool,
 }
 
 /// The state of one plugin instance: WASI context, resource table, limits and timers.
@@ -57,6 +61,7 @@ pub struct HostState {
     identity: Identity,
     services: Arc<Services>,
     timers: Timers,
+    next_subscription: u64,
 }
 
 impl WasiView for HostState {
@@ -104,6 +109,7 @@ impl HostState {
             identity,
             services,
             timers,
+            next_subscription: 1,
         }
     }
 
@@ -413,5 +419,185 @@ impl storage::Host for HostState {
                 Err(ErrorCode::InvalidArgument)
             }
         }
+    }
+}
+
+fn to_wit(err: BpfError) -> bpf::BpfError {
+    bpf::BpfError {
+        code: err.code,
+        message: err.message,
+    }
+}
+
+impl HostState {
+    fn bpf_allowed(&self) -> Result<(), bpf::BpfError> {
+        self.identity.bpf.clone().map_err(|reason| {
+            self.identity
+                .stats
+                .bpf_denied
+                .fetch_add(1, Ordering::Relaxed);
+            bpf::BpfError {
+                code: ErrorCode::AccessDenied,
+                message: format!("BPF denied: {reason}"),
+            }
+        })
+    }
+
+    fn object(&self, handle: &Resource<BpfObject>) -> Result<&BpfObject, bpf::BpfError> {
+        self.table.get(handle).map_err(|err| bpf::BpfError {
+            code: ErrorCode::InvalidArgument,
+            message: format!("bad object handle: {err}"),
+        })
+    }
+}
+
+impl bpf::Host for HostState {
+    fn possible_cpus(&mut self) -> u32 {
+        crate::bpf::possible_cpus()
+    }
+
+    fn symbolize(&mut self, addresses: Vec<u64>) -> Result<Vec<String>, ErrorCode> {
+        if !self.identity.kallsyms {
+            self.identity
+                .stats
+                .denied_reads
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ErrorCode::AccessDenied);
+        }
+        if addresses.len() > 65_536 {
+            return Err(ErrorCode::TooLarge);
+        }
+        Ok(crate::bpf::symbolize(&addresses))
+    }
+}
+
+impl bpf::HostObject for HostState {
+    fn load(
+        &mut self,
+        elf: Vec<u8>,
+        globals: Vec<bpf::Global>,
+    ) -> Result<Resource<BpfObject>, bpf::BpfError> {
+        self.bpf_allowed()?;
+        let globals: Vec<(String, Vec<u8>)> =
+            globals.into_iter().map(|g| (g.name, g.value)).collect();
+        let object = BpfObject::load(&elf, &globals).map_err(to_wit)?;
+        self.identity
+            .stats
+            .bpf_objects
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(plugin = %self.identity.name, bytes = elf.len(), "BPF object loaded");
+        self.table.push(object).map_err(|err| bpf::BpfError {
+            code: ErrorCode::TooLarge,
+            message: err.to_string(),
+        })
+    }
+
+    fn attach(
+        &mut self,
+        handle: Resource<BpfObject>,
+        program: String,
+        point: bpf::AttachPoint,
+    ) -> Result<(), bpf::BpfError> {
+        self.bpf_allowed()?;
+        let point = match point {
+            bpf::AttachPoint::Tracepoint((category, name)) => {
+                AttachPoint::Tracepoint { category, name }
+            }
+            bpf::AttachPoint::RawTracepoint(name) => AttachPoint::RawTracepoint(name),
+            bpf::AttachPoint::TpBtf(name) => AttachPoint::TpBtf(name),
+            bpf::AttachPoint::Kprobe(f) => AttachPoint::Kprobe(f),
+            bpf::AttachPoint::Kretprobe(f) => AttachPoint::Kretprobe(f),
+            bpf::AttachPoint::Fentry(f) => AttachPoint::Fentry(f),
+            bpf::AttachPoint::Fexit(f) => AttachPoint::Fexit(f),
+            bpf::AttachPoint::PerfCpuClock(hz) => AttachPoint::PerfCpuClock(hz),
+        };
+        let name = self.identity.name.clone();
+        let object = self.table.get_mut(&handle).map_err(|err| bpf::BpfError {
+            code: ErrorCode::InvalidArgument,
+            message: format!("bad object handle: {err}"),
+        })?;
+        object.attach(&program, &point).map_err(|err| {
+            tracing::warn!(plugin = %name, %program, ?point, error = %err.message, "BPF attach failed");
+            to_wit(err)
+        })
+    }
+
+    fn subscribe_ring_buffer(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+    ) -> Result<u64, bpf::BpfError> {
+        self.bpf_allowed()?;
+        let Some((mailbox, incarnation)) = self.timers.mailbox.clone() else {
+            return Err(bpf::BpfError {
+                code: ErrorCode::NotSupported,
+                message: "this instance cannot receive events".to_owned(),
+            });
+        };
+        let delivery = Delivery {
+            mailbox,
+            incarnation,
+            runtime: self.services.runtime.clone(),
+            stats: self.identity.stats.clone(),
+        };
+        let subscription = self.next_subscription;
+        let object = self.table.get_mut(&handle).map_err(|err| bpf::BpfError {
+            code: ErrorCode::InvalidArgument,
+            message: format!("bad object handle: {err}"),
+        })?;
+        object
+            .subscribe(&map, subscription, delivery)
+            .map_err(to_wit)?;
+        self.next_subscription += 1;
+        Ok(subscription)
+    }
+
+    fn lookup(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+        key: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, bpf::BpfError> {
+        self.object(&handle)?.lookup(&map, &key).map_err(to_wit)
+    }
+
+    fn entries(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, bpf::BpfError> {
+        self.object(&handle)?.entries(&map).map_err(to_wit)
+    }
+
+    fn update(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), bpf::BpfError> {
+        self.object(&handle)?
+            .update(&map, &key, &value)
+            .map_err(to_wit)
+    }
+
+    fn delete(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+        key: Vec<u8>,
+    ) -> Result<(), bpf::BpfError> {
+        self.object(&handle)?.delete(&map, &key).map_err(to_wit)
+    }
+
+    fn drop(&mut self, handle: Resource<BpfObject>) -> WasmResult<()> {
+        // Dropping the aya object detaches its links and closes its maps; the readers are
+        // aborted by `BpfObject::drop`.
+        self.table.delete(handle)?;
+        self.identity
+            .stats
+            .bpf_objects
+            .fetch_sub(1, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! a time under a deadline. See `docs/architecture.md`.
 
 pub mod agent;
+pub mod bpf;
 pub mod cli;
 pub mod config;
 pub mod fsaccess;

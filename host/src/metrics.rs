@@ -248,7 +248,32 @@ impl Exposition {
         for handle in handles {
             let name = &handle.spec.info.name;
             let stats = &handle.stats;
-            let counters: [(&str, &str, u64); 12] = [
+            let counters: [(&str, &str, u64); 17] = [
+                (
+                    "plugin_bpf_records",
+                    "Ring-buffer records delivered to the plugin.",
+                    stats.bpf_records.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_bpf_ring_full_drops",
+                    "Records the plugin's BPF programs dropped because the ring buffer was full.",
+                    stats.bpf_ring_full.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_bpf_rate_limited",
+                    "Records the plugin's BPF programs suppressed by their rate limit.",
+                    stats.bpf_rate_limited.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_bpf_denied",
+                    "BPF requests refused by policy.",
+                    stats.bpf_denied.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_bpf_objects",
+                    "BPF objects loaded by the plugin's current instance.",
+                    stats.bpf_objects.load(Ordering::Relaxed),
+                ),
                 (
                     "plugin_calls",
                     "Guest calls made.",
@@ -311,7 +336,7 @@ impl Exposition {
                 ),
             ];
             for (metric, help, value) in counters {
-                let kind = if metric == "plugin_memory_bytes" {
+                let kind = if matches!(metric, "plugin_memory_bytes" | "plugin_bpf_objects") {
                     Kind::Gauge
                 } else {
                     Kind::Counter

@@ -21,6 +21,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     with: {
         "kpulse:plugin/clock.timer": crate::host_api::TimerHandle,
+        "kpulse:plugin/bpf.object": crate::bpf::BpfObject,
     },
 });
 

@@ -33,6 +33,14 @@ pub enum Call {
         id: u64,
         pending: Arc<AtomicBool>,
     },
+    /// A batch of ring-buffer records for subscription `subscription` of incarnation
+    /// `incarnation`; `done` is answered when the guest has processed it.
+    Events {
+        incarnation: u64,
+        subscription: u64,
+        records: Vec<u8>,
+        done: oneshot::Sender<()>,
+    },
     /// Finish the call in flight, then drop the instance.
     Stop,
 }
@@ -176,7 +184,10 @@ impl Supervisor {
                 }
             };
             mailbox = returned_mailbox;
+            // The instance and everything it held (memory, BPF objects) is gone.
             self.stats.memory_bytes.store(0, Ordering::Relaxed);
+            self.stats.bpf_objects.store(0, Ordering::Relaxed);
+            self.stats.bpf_subscriptions.store(0, Ordering::Relaxed);
 
             match after_stop {
                 Some(Control::Shutdown) => {
@@ -295,6 +306,8 @@ impl IncarnationContext {
             name: spec.info.name.clone(),
             stats: self.stats.clone(),
             grant: spec.grant.clone(),
+            bpf: spec.bpf.clone(),
+            kallsyms: spec.kallsyms,
         };
         let state = HostState::new(
             identity,
@@ -429,6 +442,20 @@ impl IncarnationContext {
                     pending.store(false, Ordering::Release);
                     store.set_epoch_deadline(ticks);
                     ("on-timer", plugin.call_on_timer(&mut store, id))
+                }
+                Call::Events {
+                    incarnation,
+                    subscription,
+                    records,
+                    done,
+                } => {
+                    if incarnation != self.incarnation {
+                        continue;
+                    }
+                    store.set_epoch_deadline(ticks);
+                    let result = plugin.call_on_events(&mut store, subscription, &records);
+                    let _ = done.send(());
+                    ("on-events", result)
                 }
             };
             self.stats.calls.fetch_add(1, Ordering::Relaxed);

@@ -95,7 +95,7 @@ impl Description {
     pub fn unknown_capabilities(&self) -> Vec<String> {
         self.capabilities
             .iter()
-            .filter(|cap| !cap.starts_with("read:"))
+            .filter(|cap| !cap.starts_with("read:") && !matches!(cap.as_str(), "bpf" | "kallsyms"))
             .cloned()
             .collect()
     }
@@ -111,6 +111,10 @@ pub struct PluginSpec {
     pub deadline: Duration,
     pub memory_bytes: u64,
     pub grant: ReadGrant,
+    /// Whether the plugin may load BPF, or why not.
+    pub bpf: Result<(), String>,
+    /// Whether the plugin may symbolize kernel addresses.
+    pub kallsyms: bool,
 }
 
 /// A plugin in the table.
@@ -279,7 +283,25 @@ impl PluginManager {
         }
 
         let name = info.name.clone();
+        let declares = |cap: &str| info.capabilities.iter().any(|c| c == cap);
+        let policy = &self.config.policy;
+        let bpf =
+            crate::bpf::policy_allows(&policy.bpf_allow, &name, &prepared.sha256, declares("bpf"));
+        let kallsyms = crate::bpf::policy_allows(
+            &policy.kallsyms_allow,
+            &name,
+            &prepared.sha256,
+            declares("kallsyms"),
+        )
+        .is_ok();
+        if declares("bpf")
+            && let Err(reason) = &bpf
+        {
+            tracing::warn!(plugin = %name, %reason, "BPF not granted");
+        }
         let spec = Arc::new(PluginSpec {
+            bpf,
+            kallsyms,
             grant: self.services.fs.grant(&info.read_prefixes()),
             deadline: Duration::from_millis(self.config.deadline_ms(&name)),
             memory_bytes: self.config.memory_bytes(&name),
@@ -514,6 +536,8 @@ pub fn describe_with(
         name: "(describe)".to_owned(),
         stats: Arc::new(PluginStats::default()),
         grant: ReadGrant::default(),
+        bpf: Err("describe may not use BPF".to_owned()),
+        kallsyms: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));
     store.set_epoch_deadline(deadline_ticks(deadline));

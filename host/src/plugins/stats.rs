@@ -31,6 +31,18 @@ pub struct PluginStats {
     pub metrics_dropped: AtomicU64,
     /// Linear memory of the current instance, in bytes.
     pub memory_bytes: AtomicU64,
+    /// BPF objects loaded by the current instance.
+    pub bpf_objects: AtomicU64,
+    /// Ring-buffer subscriptions of the current instance.
+    pub bpf_subscriptions: AtomicU64,
+    /// Ring-buffer records delivered to the guest.
+    pub bpf_records: AtomicU64,
+    /// Records the BPF side dropped because the ring buffer was full (its `stats[1]`).
+    pub bpf_ring_full: AtomicU64,
+    /// Records the BPF side's rate limit suppressed (its `stats[2]`).
+    pub bpf_rate_limited: AtomicU64,
+    /// BPF requests refused by policy.
+    pub bpf_denied: AtomicU64,
     /// Duration of the last `update`, in nanoseconds.
     pub last_update_ns: AtomicU64,
     pub last_update_ok: AtomicBool,

@@ -1,0 +1,256 @@
+//! Kernel tracing through BPF: load a CO-RE object embedded in the plugin, attach its
+//! programs, subscribe to its ring buffer, read its maps. The host does the privileged part
+//! (and needs the `bpf` capability plus the operator's `policy.bpf_allow`); records arrive
+//! in [`crate::Tracing::on_events`] as [`Records`].
+//!
+//! ```ignore
+//! const OBJECT: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ebpf/build/dropwatch.bpf.o"));
+//! let object = bpf::Object::load(OBJECT, &[bpf::Global::u64("max_events_per_second", 100)])?;
+//! object.attach("kfree_skb", bpf::Attach::tracepoint("skb", "kfree_skb"))?;
+//! let subscription = object.subscribe("events")?;
+//! ```
+
+use crate::bindings::kpulse::plugin::bpf as raw;
+use crate::error::{Error, Result};
+
+pub use raw::AttachPoint as Attach;
+
+impl Attach {
+    /// `tracepoint/<category>/<name>`.
+    pub fn tracepoint(category: &str, name: &str) -> Self {
+        Attach::Tracepoint((category.to_owned(), name.to_owned()))
+    }
+}
+
+/// A `volatile const` override: the global's name and its exact bytes.
+#[derive(Debug, Clone)]
+pub struct Global(raw::Global);
+
+impl Global {
+    pub fn u64(name: &str, value: u64) -> Self {
+        Self::bytes(name, value.to_le_bytes().to_vec())
+    }
+
+    pub fn i64(name: &str, value: i64) -> Self {
+        Self::bytes(name, value.to_le_bytes().to_vec())
+    }
+
+    pub fn u32(name: &str, value: u32) -> Self {
+        Self::bytes(name, value.to_le_bytes().to_vec())
+    }
+
+    pub fn bytes(name: &str, value: Vec<u8>) -> Self {
+        Global(raw::Global {
+            name: name.to_owned(),
+            value,
+        })
+    }
+}
+
+fn host_error(err: raw::BpfError) -> Error {
+    Error::Host {
+        code: err.code,
+        context: err.message,
+    }
+}
+
+/// A loaded BPF object. Dropping it detaches its programs and frees its maps.
+#[derive(Debug)]
+pub struct Object(raw::Object);
+
+impl Object {
+    /// Loads an ELF object (usually `include_bytes!` of `ebpf/build/<name>.bpf.o`).
+    pub fn load(elf: &[u8], globals: &[Global]) -> Result<Self> {
+        let globals: Vec<raw::Global> = globals.iter().map(|g| g.0.clone()).collect();
+        raw::Object::load(elf, &globals)
+            .map(Object)
+            .map_err(host_error)
+    }
+
+    /// Loads and attaches program `program`. Kinds the kernel lacks (kprobes, fentry on
+    /// some kernels) fail with a `not-supported` host error, so a plugin can fall back.
+    pub fn attach(&self, program: &str, point: Attach) -> Result<()> {
+        self.0.attach(program, &point).map_err(host_error)
+    }
+
+    /// Starts delivering ring buffer `map`'s records to `on_events`; returns the
+    /// subscription id.
+    pub fn subscribe(&self, map: &str) -> Result<u64> {
+        self.0.subscribe_ring_buffer(map).map_err(host_error)
+    }
+
+    /// A map value by key (per-CPU maps: every CPU's value, concatenated, 8-byte aligned).
+    pub fn lookup(&self, map: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.lookup(map, key).map_err(host_error)
+    }
+
+    /// Every entry of a hash or array map.
+    pub fn entries(&self, map: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.entries(map).map_err(host_error)
+    }
+
+    pub fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.update(map, key, value).map_err(host_error)
+    }
+
+    pub fn delete(&self, map: &str, key: &[u8]) -> Result<()> {
+        self.0.delete(map, key).map_err(host_error)
+    }
+}
+
+/// Possible CPUs: the number of values in a per-CPU map entry.
+pub fn possible_cpus() -> u32 {
+    raw::possible_cpus()
+}
+
+/// Kernel addresses as `function+0xoffset` (needs the `kallsyms` capability).
+pub fn symbolize(addresses: &[u64]) -> Result<Vec<String>> {
+    raw::symbolize(addresses).map_err(|code| Error::host(code, "symbolize kernel addresses"))
+}
+
+/// Sums a per-CPU value made of one u64 per CPU.
+pub fn sum_percpu_u64(value: &[u8]) -> u64 {
+    value
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .sum()
+}
+
+/// A batch of records, each prefixed by its length (little-endian u32).
+#[derive(Debug, Clone, Copy)]
+pub struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Records<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        let len_bytes = self.rest.get(..4)?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let body = self.rest.get(4..4 + len)?;
+        self.rest = &self.rest[4 + len..];
+        Some(Record(body))
+    }
+}
+
+/// One raw record with bounds-checked little-endian field access: a short or malformed
+/// record yields zeros, never a panic.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a>(pub &'a [u8]);
+
+impl<'a> Record<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn array<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(bytes) = self.0.get(offset..offset + N) {
+            out.copy_from_slice(bytes);
+        }
+        out
+    }
+
+    pub fn u8_at(&self, offset: usize) -> u8 {
+        self.0.get(offset).copied().unwrap_or(0)
+    }
+
+    pub fn u16_at(&self, offset: usize) -> u16 {
+        u16::from_le_bytes(self.array(offset))
+    }
+
+    pub fn i16_at(&self, offset: usize) -> i16 {
+        i16::from_le_bytes(self.array(offset))
+    }
+
+    pub fn u32_at(&self, offset: usize) -> u32 {
+        u32::from_le_bytes(self.array(offset))
+    }
+
+    pub fn i32_at(&self, offset: usize) -> i32 {
+        i32::from_le_bytes(self.array(offset))
+    }
+
+    pub fn u64_at(&self, offset: usize) -> u64 {
+        u64::from_le_bytes(self.array(offset))
+    }
+
+    /// A NUL-terminated string in a fixed-size field.
+    pub fn str_at(&self, offset: usize, len: usize) -> String {
+        let bytes = self
+            .0
+            .get(offset..(offset + len).min(self.0.len()))
+            .unwrap_or(&[]);
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+
+    /// `count` u64 values starting at `offset` (e.g. a stack).
+    pub fn u64s_at(&self, offset: usize, count: usize) -> Vec<u64> {
+        (0..count).map(|i| self.u64_at(offset + i * 8)).collect()
+    }
+
+    /// The common header of kpulse's BPF records (`struct kp_event_header`).
+    pub fn header(&self) -> EventHeader {
+        EventHeader {
+            kind: self.u32_at(0),
+            cpu: self.u32_at(4),
+            ts_ns: self.u64_at(8),
+            pid: self.u32_at(16),
+            tgid: self.u32_at(20),
+            comm: self.str_at(24, 16),
+            cgroup_id: self.u64_at(40),
+        }
+    }
+}
+
+/// `struct kp_event_header` (`ebpf/include/kpulse_events.h`): 48 bytes at the start of
+/// every record kpulse's BPF programs emit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// Size of [`EventHeader`] in a record.
+pub const HEADER_SIZE: usize = 48;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_iterate_and_tolerate_truncation() {
+        let mut bytes = Vec::new();
+        for payload in [&b"abcd"[..], &b"xy"[..]] {
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(payload);
+        }
+        bytes.extend_from_slice(&100u32.to_le_bytes()); // truncated trailing record
+        let records: Vec<_> = Records::new(&bytes).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].u32_at(0), u32::from_le_bytes(*b"abcd"));
+        assert_eq!(records[1].u64_at(0), 0, "short reads give zero");
+        assert_eq!(records[1].str_at(0, 16), "xy");
+    }
+}

@@ -1,0 +1,217 @@
+//! `dropwatch`: every kernel packet drop (`skb/kfree_skb`) with its drop reason, the code
+//! location that dropped it, device, netns, protocol and kernel stack (HUATUO's dropwatch),
+//! rate-limited in the kernel. Metrics: drops per reason, counted in the kernel for every
+//! drop, including those the rate limit kept out of the event stream.
+
+use std::collections::BTreeMap;
+
+use kpulse_sdk::bpf::{self, Attach, Global, Record};
+use kpulse_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const OBJECT: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../ebpf/build/dropwatch.bpf.o"
+));
+const FORMAT: &str = "/sys/kernel/tracing/events/skb/kfree_skb/format";
+
+/// `[plugins.dropwatch]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// Events per second kept by the in-kernel rate limit (HUATUO: 100).
+    max_events_per_second: u64,
+    /// Skip drops with reason NOT_SPECIFIED in the event stream (still counted).
+    ignore_not_specified: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_events_per_second: 100,
+            ignore_not_specified: true,
+        }
+    }
+}
+
+struct Dropwatch {
+    settings: Settings,
+    object: Option<bpf::Object>,
+    /// Reason code → name, from the tracepoint's format (this kernel's enum).
+    reasons: BTreeMap<u32, String>,
+    events: u64,
+}
+
+#[derive(Serialize)]
+struct Drop<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    drop_reason: String,
+    drop_reason_code: u32,
+    drop_location: String,
+    comm: String,
+    pid: u32,
+    tgid: u32,
+    cpu: u32,
+    net_namespace_inum: u32,
+    netdev_name: String,
+    netdev_ifindex: u32,
+    packet_eth_proto: u16,
+    packet_len_bytes: u32,
+    packet_skb_addr: String,
+    stack: Vec<String>,
+}
+
+kpulse_sdk::register!(Dropwatch {
+    name: "dropwatch",
+    version: "0.1.0",
+    interval: 10,
+    kinds: [tracing, metric],
+    capabilities: [
+        "bpf",
+        "kallsyms",
+        "read:/sys/kernel/tracing/events/skb/kfree_skb/format"
+    ],
+    summary: "Kernel packet drops with reason, location and stack (skb/kfree_skb)",
+});
+
+impl Plugin for Dropwatch {
+    fn init(config: Config) -> Result<Self> {
+        Ok(Dropwatch {
+            settings: config.parse()?,
+            object: None,
+            reasons: BTreeMap::new(),
+            events: 0,
+        })
+    }
+}
+
+impl Tracing for Dropwatch {
+    fn start(&mut self, ctx: &mut Context) -> Result<()> {
+        self.reasons = fs::read_to_string(FORMAT)
+            .map(|f| parse_reasons(&f))
+            .unwrap_or_default();
+        let object = bpf::Object::load(
+            OBJECT,
+            &[
+                Global::u64("max_events_per_second", self.settings.max_events_per_second),
+                Global::u32("ratelimit_nr_cpus", ctx.host().cpu_count.max(1)),
+                Global::u32(
+                    "ignore_reason_not_specified",
+                    u32::from(self.settings.ignore_not_specified),
+                ),
+            ],
+        )?;
+        object.attach("kfree_skb", Attach::tracepoint("skb", "kfree_skb"))?;
+        object.subscribe("events")?;
+        self.object = Some(object);
+        Ok(())
+    }
+
+    fn on_events(
+        &mut self,
+        _ctx: &mut Context,
+        _subscription: u64,
+        records: bpf::Records<'_>,
+    ) -> Result<()> {
+        for record in records {
+            let drop = self.decode(record);
+            storage::save("dropwatch", "", storage::now(), &drop)?;
+            self.events += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Dropwatch {
+    fn decode(&self, r: Record<'_>) -> Drop<'static> {
+        let h = r.header();
+        let reason = r.u32_at(64);
+        let depth = (r.u32_at(84) as usize).min(32);
+        let mut addresses = vec![r.u64_at(56)];
+        addresses.extend(r.u64s_at(104, depth));
+        let mut symbols = bpf::symbolize(&addresses)
+            .unwrap_or_else(|_| addresses.iter().map(|a| format!("0x{a:x}")).collect());
+        let location = if symbols.is_empty() {
+            String::new()
+        } else {
+            symbols.remove(0)
+        };
+        Drop {
+            kind: "software",
+            drop_reason: self.reason_name(reason),
+            drop_reason_code: reason,
+            drop_location: location,
+            comm: h.comm,
+            pid: h.pid,
+            tgid: h.tgid,
+            cpu: h.cpu,
+            net_namespace_inum: r.u32_at(80),
+            netdev_name: r.str_at(88, 16),
+            netdev_ifindex: r.u32_at(76),
+            packet_eth_proto: r.u16_at(68),
+            packet_len_bytes: r.u32_at(72),
+            packet_skb_addr: format!("0x{:x}", r.u64_at(48)),
+            stack: symbols,
+        }
+    }
+
+    fn reason_name(&self, code: u32) -> String {
+        self.reasons
+            .get(&code)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{code}"))
+    }
+}
+
+impl Collector for Dropwatch {
+    fn update(&mut self) -> Result<Vec<Metric>> {
+        let mut metrics = vec![metric::counter(
+            "events",
+            self.events as f64,
+            "Drop events saved (after the rate limit).",
+        )];
+        if let Some(object) = &self.object {
+            for (key, value) in object.entries("drop_reasons")? {
+                let code = u32::from_le_bytes([key[0], key[1], key[2], key[3]]);
+                let count = bpf::sum_percpu_u64(&value);
+                metrics.push(
+                    metric::counter("drops", count as f64, "Kernel packet drops by reason.")
+                        .label("reason", self.reason_name(code)),
+                );
+            }
+        }
+        Ok(metrics)
+    }
+}
+
+/// `{ 3, "NO_SOCKET" }` pairs from the tracepoint's `print fmt`.
+fn parse_reasons(format: &str) -> BTreeMap<u32, String> {
+    let mut reasons = BTreeMap::new();
+    let Some(symbolic) = format.split("__print_symbolic").nth(1) else {
+        return reasons;
+    };
+    for pair in symbolic.split('{').skip(1) {
+        let Some((code, rest)) = pair.split_once(',') else {
+            continue;
+        };
+        let name = rest.split('"').nth(1);
+        if let (Ok(code), Some(name)) = (code.trim().parse::<u32>(), name) {
+            reasons.insert(code, name.to_owned());
+        }
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_from_format() {
+        let f = r#"print fmt: "reason: %s", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" })"#;
+        let r = parse_reasons(f);
+        assert_eq!(r.get(&3).map(String::as_str), Some("NO_SOCKET"));
+        assert_eq!(r.len(), 2);
+    }
+}
