@@ -4,9 +4,17 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a failed step should panic")]
 
+mod bpf;
 mod cli;
 mod config;
 mod containment;
+mod events_dropwatch;
+mod events_hungtask;
+mod events_memreclaim;
+mod events_net_rx_latency;
+mod events_oom;
+mod events_softirq;
+mod events_softlockup;
 mod hot_reload;
 mod metrics;
 mod security;

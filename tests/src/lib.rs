@@ -327,3 +327,11 @@ pub fn sample_with(metrics: &str, name: &str, label: &str) -> Option<f64> {
         .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
         .find_map(|line| line.rsplit(' ').next().and_then(|v| v.parse().ok()))
 }
+
+/// Serializes tests that load programs named `kfree_skb`, so that counting the kernel's BPF
+/// programs in one test is not disturbed by another test running in parallel.
+pub fn kfree_skb_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,1 @@
+//! `hungtask`: work in progress.

@@ -1,0 +1,1 @@
+//! `net_rx_latency`: work in progress.

@@ -1,0 +1,1 @@
+//! `oom`: work in progress.

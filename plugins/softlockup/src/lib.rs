@@ -1,0 +1,1 @@
+//! `softlockup`: work in progress.

@@ -1,0 +1,207 @@
+//! BPF lifecycle and policy on the real kernel: nothing leaks across stop, replacement and
+//! unload; a plugin denied BPF gets a typed error and the agent keeps running; kinds the
+//! kernel lacks give a typed not-supported error.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kpulse_integration_tests::{Agent, guest_wasm, plugin_wasm, sample, sample_with, wait_for};
+
+/// Ids of the kernel's BPF programs and links named `kfree_skb` (dropwatch's program).
+fn kernel_objects() -> (Vec<u64>, Vec<u64>) {
+    let list = |what: &str| -> serde_json::Value {
+        let output = Command::new("bpftool")
+            .args(["-j", what, "show"])
+            .output()
+            .expect("bpftool (Debian package bpftool) must be installed");
+        assert!(
+            output.status.success(),
+            "bpftool {what} show: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Array(Vec::new()))
+    };
+    let programs: Vec<u64> = list("prog")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["name"] == "kfree_skb")
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let links: Vec<u64> = list("link")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|l| programs.contains(&l["prog_id"].as_u64().unwrap_or(0)))
+        .filter_map(|l| l["id"].as_u64())
+        .collect();
+    (programs, links)
+}
+
+/// The same component with a custom section appended: a new file digest, same behaviour.
+fn rebuilt(component: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"kpulse-test";
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    out.push(u8::try_from(1 + name.len() + 1).unwrap());
+    out.push(u8::try_from(name.len()).unwrap());
+    out.extend_from_slice(name);
+    out.push(tag);
+    out
+}
+
+#[test]
+fn bpf_resources_never_leak() {
+    let _serial = kpulse_integration_tests::kfree_skb_lock();
+    let (baseline, _) = kernel_objects();
+    let agent = Agent::start("bpf-leak", &[plugin_wasm("dropwatch")], "");
+    agent.wait_state("dropwatch", "running", Duration::from_secs(20));
+    let (programs, links) = wait_for(
+        Duration::from_secs(10),
+        "dropwatch's program in the kernel",
+        || {
+            let (programs, links) = kernel_objects();
+            (programs.len() == baseline.len() + 1).then_some((programs, links))
+        },
+    );
+    assert_eq!(
+        links.len(),
+        1,
+        "one link for the attached tracepoint program: {links:?}"
+    );
+    assert_eq!(
+        sample_with(
+            &agent.metrics(),
+            "kpulse_plugin_bpf_objects",
+            "plugin=\"dropwatch\""
+        ),
+        Some(1.0)
+    );
+
+    // Stop: detached and freed.
+    assert_eq!(agent.put("/plugins/dropwatch/stop").status, 204);
+    agent.wait_state("dropwatch", "stopped", Duration::from_secs(10));
+    wait_for(
+        Duration::from_secs(10),
+        "the program to be freed after stop",
+        || (kernel_objects().0 == baseline).then_some(()),
+    );
+    assert_eq!(
+        sample_with(
+            &agent.metrics(),
+            "kpulse_plugin_bpf_objects",
+            "plugin=\"dropwatch\""
+        ),
+        Some(0.0)
+    );
+
+    // Start again, then replace the file: exactly one program at any time after the swap.
+    assert_eq!(agent.put("/plugins/dropwatch/start").status, 204);
+    agent.wait_state("dropwatch", "running", Duration::from_secs(20));
+    let original = std::fs::read(plugin_wasm("dropwatch")).unwrap();
+    let old_sha = agent.plugin("dropwatch").unwrap()["sha256"].clone();
+    for tag in 1..=3u8 {
+        let tmp = agent.plugin_dir.join(".dropwatch.wasm.tmp");
+        std::fs::write(&tmp, rebuilt(&original, tag)).unwrap();
+        std::fs::rename(&tmp, agent.plugin_dir.join("dropwatch.wasm")).unwrap();
+        wait_for(Duration::from_secs(20), "the replacement to run", || {
+            agent
+                .plugin("dropwatch")
+                .filter(|p| p["sha256"] != old_sha && p["state"] == "running")
+                .map(|_| ())
+        });
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "one program after replacements",
+        || (kernel_objects().0.len() == baseline.len() + 1).then_some(()),
+    );
+    assert!(
+        !programs.iter().any(|id| kernel_objects().0.contains(id)),
+        "the first instance's program is gone"
+    );
+
+    // Unload: nothing left.
+    std::fs::remove_file(agent.plugin_dir.join("dropwatch.wasm")).unwrap();
+    wait_for(Duration::from_secs(10), "dropwatch unloaded", || {
+        agent.plugin("dropwatch").is_none().then_some(())
+    });
+    wait_for(Duration::from_secs(10), "no program after unload", || {
+        (kernel_objects().0 == baseline).then_some(())
+    });
+    assert!(kernel_objects().1.iter().all(|id| !links.contains(id)));
+}
+
+#[test]
+fn bpf_denied_by_policy_is_typed_and_contained() {
+    let _serial = kpulse_integration_tests::kfree_skb_lock();
+    let agent = Agent::start(
+        "bpf-deny",
+        &[plugin_wasm("dropwatch"), plugin_wasm("loadavg")],
+        "[runtime]\nquarantine_after = 2\n[policy]\nbpf_allow = [\"someone_else\"]\n",
+    );
+    let plugin = wait_for(
+        Duration::from_secs(30),
+        "dropwatch to fail on policy",
+        || {
+            agent.plugin("dropwatch").filter(|p| {
+                p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("BPF denied"))
+            })
+        },
+    );
+    let error = plugin["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("access denied") && error.contains("policy.bpf_allow"),
+        "{error}"
+    );
+    let metrics = agent.metrics();
+    assert!(
+        sample_with(
+            &metrics,
+            "kpulse_plugin_bpf_denied_total",
+            "plugin=\"dropwatch\""
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(sample(&metrics, "kpulse_loadavg_load1{").is_some());
+    assert_eq!(agent.plugin("loadavg").unwrap()["state"], "running");
+}
+
+#[test]
+fn missing_kernel_features_are_typed_not_supported() {
+    let _serial = kpulse_integration_tests::kfree_skb_lock();
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    let agent = Agent::start(
+        "kprobe",
+        &[guest_wasm("kprobe")],
+        "[policy]\nbpf_allow = [\"kprobe\"]\n",
+    );
+    agent.wait_state("kprobe", "running", Duration::from_secs(20));
+    let metrics = agent.metrics();
+    if kprobes {
+        // On kernels with kprobes the attach works and no fallback happens.
+        assert_eq!(
+            sample(&metrics, "kpulse_kprobe_fell_back{"),
+            Some(0.0),
+            "{metrics}"
+        );
+    } else {
+        assert_eq!(
+            sample(&metrics, "kpulse_kprobe_not_supported{"),
+            Some(1.0),
+            "{}",
+            agent.log()
+        );
+        assert_eq!(sample(&metrics, "kpulse_kprobe_fell_back{"), Some(1.0));
+        assert!(
+            agent
+                .log()
+                .contains("kprobes are not supported by this kernel")
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Fault-injection test for the `hungtask` collector: work in progress.

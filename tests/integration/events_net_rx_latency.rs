@@ -1,0 +1,1 @@
+//! Fault-injection test for the `net_rx_latency` collector: work in progress.

@@ -1,0 +1,1 @@
+//! Fault-injection test for the `oom` collector: work in progress.

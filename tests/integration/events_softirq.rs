@@ -1,0 +1,1 @@
+//! Fault-injection test for the `softirq` collector: work in progress.

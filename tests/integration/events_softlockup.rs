@@ -1,0 +1,1 @@
+//! Fault-injection test for the `softlockup` collector: work in progress.
