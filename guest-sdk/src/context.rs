@@ -61,6 +61,11 @@ impl Context {
     pub fn now_ns(&self) -> u64 {
         clock::now_ns()
     }
+
+    /// Monotonic time in nanoseconds (the clock of BPF's `bpf_ktime_get_ns`).
+    pub fn monotonic_ns(&self) -> u64 {
+        clock::monotonic_ns()
+    }
 }
 
 fn arm(after: Duration, every: Option<Duration>) -> Result<TimerId> {

@@ -49,6 +49,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         host: host.clone(),
         runtime: tokio::runtime::Handle::current(),
+        recorder: None,
+        replay: false,
     });
     let manager = Arc::new(PluginManager::new(runtime, services, config.clone()));
 

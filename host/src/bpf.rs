@@ -28,9 +28,9 @@ use crate::plugins::stats::PluginStats;
 use crate::runtime::ErrorCode;
 
 /// Records per batch delivered to a guest.
-pub const MAX_BATCH_RECORDS: usize = 8192;
+pub const MAX_BATCH_RECORDS: usize = 32_768;
 /// Bytes per batch delivered to a guest.
-pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a ring buffer is drained even without a wake-up (the BPF side only wakes the
 /// reader once 64 KiB are pending, so a quiet buffer is drained by this timer).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -103,9 +103,10 @@ pub struct Delivery {
     pub stats: Arc<PluginStats>,
 }
 
-/// One loaded object and the readers streaming its ring buffers.
+/// One loaded object and the readers streaming its ring buffers. Without `ebpf` it is a
+/// replay stand-in: every operation succeeds and touches no kernel object.
 pub struct BpfObject {
-    ebpf: Ebpf,
+    ebpf: Option<Ebpf>,
     readers: Vec<AbortHandle>,
 }
 
@@ -134,15 +135,26 @@ impl BpfObject {
             BpfError::new(ErrorCode::InvalidArgument, format!("load: {}", chain(&err)))
         })?;
         Ok(Self {
-            ebpf,
+            ebpf: Some(ebpf),
             readers: Vec::new(),
         })
     }
 
+    /// The replay stand-in (`kpulse plugins replay`).
+    pub fn replay_stub() -> Self {
+        Self {
+            ebpf: None,
+            readers: Vec::new(),
+        }
+    }
+
     /// Loads and attaches one program.
     pub fn attach(&mut self, program: &str, point: &AttachPoint) -> Result<(), BpfError> {
+        let Some(ebpf) = &mut self.ebpf else {
+            return Ok(());
+        };
         ensure_tracefs();
-        let prog = self.ebpf.program_mut(program).ok_or_else(|| {
+        let prog = ebpf.program_mut(program).ok_or_else(|| {
             BpfError::invalid(format!("no program named {program:?} in the object"))
         })?;
         let context = |what: &str, err: &dyn std::error::Error| {
@@ -238,7 +250,10 @@ impl BpfObject {
         subscription: u64,
         delivery: Delivery,
     ) -> Result<(), BpfError> {
-        let taken = self.ebpf.take_map(map).ok_or_else(|| {
+        let Some(ebpf) = &mut self.ebpf else {
+            return Ok(());
+        };
+        let taken = ebpf.take_map(map).ok_or_else(|| {
             BpfError::invalid(format!("no map named {map:?} (or already subscribed)"))
         })?;
         let ring = RingBuf::try_from(taken).map_err(|err| {
@@ -246,7 +261,10 @@ impl BpfObject {
         })?;
         // Lost-record counters follow the convention of ebpf/include/kpulse_common.h: a
         // per-CPU array `stats` whose slot 1 counts records dropped because the ring was full.
-        let stats_fd = self.map_fd_dup("stats");
+        let stats_fd = ebpf
+            .map("stats")
+            .and_then(map_data)
+            .and_then(|d| d.fd().as_fd().try_clone_to_owned().ok());
         let _guard = delivery.runtime.enter();
         // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd
         // outlives its registration.
@@ -270,14 +288,12 @@ impl BpfObject {
         Ok(())
     }
 
-    fn map_fd_dup(&self, name: &str) -> Option<std::os::fd::OwnedFd> {
-        let data = map_data(self.ebpf.map(name)?)?;
-        data.fd().as_fd().try_clone_to_owned().ok()
-    }
-
     fn map(&self, name: &str) -> Result<(BorrowedFd<'_>, MapShape), BpfError> {
-        let map = self
+        let ebpf = self
             .ebpf
+            .as_ref()
+            .ok_or_else(|| BpfError::unsupported("maps are not available while replaying"))?;
+        let map = ebpf
             .map(name)
             .ok_or_else(|| BpfError::invalid(format!("no map named {name:?}")))?;
         let per_cpu = matches!(
@@ -405,7 +421,7 @@ async fn read_ring(
     delivery: Delivery,
     stats_fd: Option<std::os::fd::OwnedFd>,
 ) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut buffer: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut last_stats = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -440,15 +456,17 @@ async fn read_ring(
             let call = Call::Events {
                 incarnation: delivery.incarnation,
                 subscription,
-                records: std::mem::replace(&mut buffer, Vec::with_capacity(64 * 1024)),
+                records: std::mem::take(&mut buffer),
                 done,
             };
             if delivery.mailbox.send(call).is_err() {
                 return;
             }
-            // The instance ended (or was replaced) if this fails: stop reading.
-            if finished.await.is_err() {
-                return;
+            // The buffer comes back with the acknowledgement, so batches reuse one
+            // allocation. The instance ended (or was replaced) if this fails: stop reading.
+            match finished.await {
+                Ok(returned) => buffer = returned,
+                Err(_) => return,
             }
             if count < MAX_BATCH_RECORDS {
                 break;

@@ -62,6 +62,53 @@ enum PluginsCommand {
     Inspect { file: PathBuf },
     /// Check that a file is a loadable kpulse plugin; exit code 0 if it is.
     Validate { file: PathBuf },
+    /// Run one plugin against the live kernel and record the ring-buffer batches it receives.
+    Record {
+        /// A plugin name (looked up as `<plugin-dir>/<name>.wasm`) or a .wasm path.
+        plugin: String,
+        /// How long to record, e.g. 10s, 500ms, 2m.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Duration,
+        /// The recording file to write.
+        out: PathBuf,
+        /// Agent config whose `[plugins.<name>]` table applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+    },
+    /// Feed a recording to a plugin offline (BPF faked: no kernel objects, no root); prints
+    /// the documents it saves as NDJSON, oldest first.
+    Replay {
+        /// A plugin name (looked up as `<plugin-dir>/<name>.wasm`) or a .wasm path.
+        plugin: String,
+        /// A file written by `kpulse plugins record`.
+        recording: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+    },
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |at| text.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(format!("{text:?} must be between 1ms and 24h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +142,19 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Plugins(PluginsCommand::Inspect { file }) => inspect(&file).await,
             Command::Plugins(PluginsCommand::Validate { file }) => validate_file(&file).await,
+            Command::Plugins(PluginsCommand::Record {
+                plugin,
+                duration,
+                out,
+                config,
+                plugin_dir,
+            }) => record(&plugin, duration, &out, config.as_deref(), plugin_dir).await,
+            Command::Plugins(PluginsCommand::Replay {
+                plugin,
+                recording,
+                config,
+                plugin_dir,
+            }) => replay(&plugin, &recording, config.as_deref(), plugin_dir).await,
             Command::Config(ConfigCommand::Check { file }) => {
                 Config::load(&file)?;
                 println!("{}: ok", file.display());
@@ -164,6 +224,8 @@ async fn describe_file(
         store,
         host,
         runtime: tokio::runtime::Handle::current(),
+        recorder: None,
+        replay: false,
     });
     let pre = prepared.pre.clone();
     let described = tokio::task::spawn_blocking(move || {
@@ -223,5 +285,189 @@ async fn validate_file(file: &Path) -> anyhow::Result<()> {
         info.version,
         info.kinds.names().join("+")
     );
+    Ok(())
+}
+
+/// A one-plugin agent without HTTP or watcher, for record and replay.
+struct MiniAgent {
+    manager: Arc<crate::plugins::PluginManager>,
+    store: Store,
+    file: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl MiniAgent {
+    async fn start(
+        plugin: &str,
+        config: Option<&Path>,
+        plugin_dir: Option<PathBuf>,
+        recorder: Option<Arc<crate::record::Recorder>>,
+        replay: bool,
+    ) -> anyhow::Result<Self> {
+        let mut config = match config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let file = if plugin.ends_with(".wasm") || plugin.contains('/') {
+            PathBuf::from(plugin)
+        } else {
+            plugin_dir
+                .unwrap_or_else(|| config.plugin_dir.clone())
+                .join(format!("{plugin}.wasm"))
+        };
+        let file = std::fs::canonicalize(&file)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
+        let data_dir = std::env::temp_dir().join(format!("kpulse-mini-{}", std::process::id()));
+        config.data_dir = data_dir.clone();
+        config.runtime.compile_cache = false;
+        let config = Arc::new(config);
+        let host = HostInfo::detect(&config.region);
+        let store = Store::start(&config.storage, &data_dir, host.clone())?;
+        let services = Arc::new(Services {
+            fs: FsAccess::open(&config.policy),
+            store: store.clone(),
+            host,
+            runtime: tokio::runtime::Handle::current(),
+            recorder,
+            replay,
+        });
+        let manager = Arc::new(crate::plugins::PluginManager::new(
+            Runtime::new(None)?,
+            services,
+            config,
+        ));
+        manager.load_file(&file).await?;
+        let handle = manager
+            .handles()
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{}: not loaded", file.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = handle.state();
+            if state == crate::plugins::stats::PluginState::Running {
+                break;
+            }
+            if state != crate::plugins::stats::PluginState::Starting
+                || tokio::time::Instant::now() > deadline
+            {
+                let error = handle.status.lock().ok().and_then(|s| s.last_error.clone());
+                anyhow::bail!(
+                    "{}: plugin is {} ({})",
+                    file.display(),
+                    state.as_str(),
+                    error.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self {
+            manager,
+            store,
+            file,
+            data_dir,
+        })
+    }
+
+    async fn stop(self) {
+        self.manager.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+async fn record(
+    plugin: &str,
+    duration: Duration,
+    out: &Path,
+    config: Option<&Path>,
+    plugin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let host = HostInfo::detect("record");
+    let metadata = json!({
+        "plugin": plugin,
+        "hostname": host.hostname,
+        "kernel": host.kernel_release,
+        "recorded_at": chrono::Utc::now().to_rfc3339(),
+        "seconds": duration.as_secs_f64(),
+    });
+    let recorder = Arc::new(
+        crate::record::Recorder::create(out, &metadata)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", out.display()))?,
+    );
+    let agent = MiniAgent::start(plugin, config, plugin_dir, Some(recorder.clone()), false).await?;
+    eprintln!("recording {} for {:?} ...", agent.file.display(), duration);
+    tokio::time::sleep(duration).await;
+    agent.stop().await;
+    recorder.finish()?;
+    eprintln!(
+        "wrote {} batches to {}",
+        recorder.batches.load(std::sync::atomic::Ordering::Relaxed),
+        out.display()
+    );
+    Ok(())
+}
+
+async fn replay(
+    plugin: &str,
+    recording: &Path,
+    config: Option<&Path>,
+    plugin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (_, frames) = crate::record::read(recording).map_err(anyhow::Error::msg)?;
+    let agent = MiniAgent::start(plugin, config, plugin_dir, None, true).await?;
+    let handle = agent
+        .manager
+        .handles()
+        .await
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("plugin vanished"))?;
+    let mut records = 0usize;
+    for frame in &frames {
+        records += crate::record::count_records(&frame.records);
+        handle
+            .deliver(frame.subscription, frame.records.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    // Let the writer drain, then print what the plugin saved.
+    let stats = agent.store.stats();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.queued.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut documents = agent.store.query(&crate::storage::EventQuery {
+        tracer: None,
+        container: None,
+        since: None,
+        until: None,
+        limit: 100_000,
+    })?;
+    documents.reverse();
+    for document in &documents {
+        println!("{document}");
+    }
+    let traps = handle
+        .stats
+        .traps
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let errors = handle
+        .stats
+        .call_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "replayed {} batches ({records} records) into {}: {} documents, {errors} call errors, {traps} traps",
+        frames.len(),
+        agent.file.display(),
+        documents.len()
+    );
+    agent.stop().await;
+    if traps > 0 {
+        anyhow::bail!("the plugin trapped during replay");
+    }
     Ok(())
 }

@@ -39,6 +39,10 @@ pub struct Services {
     pub store: Store,
     pub host: HostInfo,
     pub runtime: tokio::runtime::Handle,
+    /// Where to copy every ring-buffer batch (`kpulse plugins record`).
+    pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// Fake BPF: objects load and attach without touching the kernel (`plugins replay`).
+    pub replay: bool,
 }
 
 /// Who the instance is and what it may do.
@@ -50,6 +54,8 @@ pub struct Identity {
     /// Whether BPF is allowed, or why not.
     pub bpf: Result<(), String>,
     pub kallsyms: bool,
+    /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
+    pub rx_timestamps: bool,
 }
 
 /// The state of one plugin instance: WASI context, resource table, limits and timers.
@@ -62,6 +68,9 @@ pub struct HostState {
     services: Arc<Services>,
     timers: Timers,
     next_subscription: u64,
+    /// Held open while the instance lives: a socket with receive timestamps enabled makes
+    /// the kernel stamp every incoming skb (`skb->tstamp`), which `net_rx_latency` needs.
+    _rx_timestamps: Option<std::net::UdpSocket>,
 }
 
 impl WasiView for HostState {
@@ -106,8 +115,9 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             stderr,
-            identity,
             services,
+            _rx_timestamps: identity.rx_timestamps.then(enable_rx_timestamps).flatten(),
+            identity,
             timers,
             next_subscription: 1,
         }
@@ -480,7 +490,11 @@ impl bpf::HostObject for HostState {
         self.bpf_allowed()?;
         let globals: Vec<(String, Vec<u8>)> =
             globals.into_iter().map(|g| (g.name, g.value)).collect();
-        let object = BpfObject::load(&elf, &globals).map_err(to_wit)?;
+        let object = if self.services.replay {
+            BpfObject::replay_stub()
+        } else {
+            BpfObject::load(&elf, &globals).map_err(to_wit)?
+        };
         self.identity
             .stats
             .bpf_objects
@@ -600,4 +614,31 @@ impl bpf::HostObject for HostState {
             .fetch_sub(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// A UDP socket with `SO_TIMESTAMPNS`: while any such socket exists the kernel timestamps
+/// every received packet.
+fn enable_rx_timestamps() -> Option<std::net::UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    #[allow(
+        unsafe_code,
+        reason = "setsockopt has no std wrapper for SO_TIMESTAMPNS"
+    )]
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "cannot enable receive timestamps");
+        return None;
+    }
+    Some(socket)
 }

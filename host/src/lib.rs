@@ -15,5 +15,6 @@ pub mod hostinfo;
 pub mod http;
 pub mod metrics;
 pub mod plugins;
+pub mod record;
 pub mod runtime;
 pub mod storage;

@@ -194,12 +194,18 @@ impl Exposition {
                 continue;
             }
             let mut labels: Labels = Vec::with_capacity(metric.labels.len() + 3);
+            // A counter named `total` is the plugin's own total (`softlockup_total`), not
+            // `softlockup_total_total`.
+            let family = |scope: &str| match (kind, base) {
+                (Kind::Counter, "total") => format!("{plugin}{scope}"),
+                _ => format!("{plugin}{scope}_{base}"),
+            };
             let name = match &metric.container_id {
                 Some(id) => {
                     labels.push(("container_id".to_owned(), id.clone()));
-                    format!("{plugin}_container_{base}")
+                    family("_container")
                 }
-                None => format!("{plugin}_{base}"),
+                None => family(""),
             };
             if self.config.host_labels {
                 labels.push(("region".to_owned(), self.host.region.clone()));

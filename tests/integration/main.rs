@@ -17,5 +17,6 @@ mod events_softirq;
 mod events_softlockup;
 mod hot_reload;
 mod metrics;
+mod record_replay;
 mod security;
 mod store;

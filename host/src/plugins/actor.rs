@@ -34,12 +34,12 @@ pub enum Call {
         pending: Arc<AtomicBool>,
     },
     /// A batch of ring-buffer records for subscription `subscription` of incarnation
-    /// `incarnation`; `done` is answered when the guest has processed it.
+    /// `incarnation`; `done` gets the buffer back once the guest has processed it.
     Events {
         incarnation: u64,
         subscription: u64,
         records: Vec<u8>,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Vec<u8>>,
     },
     /// Finish the call in flight, then drop the instance.
     Stop,
@@ -308,6 +308,7 @@ impl IncarnationContext {
             grant: spec.grant.clone(),
             bpf: spec.bpf.clone(),
             kallsyms: spec.kallsyms,
+            rx_timestamps: spec.info.capabilities.iter().any(|c| c == "rx-timestamps"),
         };
         let state = HostState::new(
             identity,
@@ -449,12 +450,18 @@ impl IncarnationContext {
                     records,
                     done,
                 } => {
-                    if incarnation != self.incarnation {
+                    // Incarnation 0 is "whoever runs now" (replayed batches).
+                    if incarnation != self.incarnation && incarnation != 0 {
                         continue;
+                    }
+                    if let Some(recorder) = &self.services.recorder {
+                        recorder.write(subscription, &records);
                     }
                     store.set_epoch_deadline(ticks);
                     let result = plugin.call_on_events(&mut store, subscription, &records);
-                    let _ = done.send(());
+                    let mut records = records;
+                    records.clear();
+                    let _ = done.send(records);
                     ("on-events", result)
                 }
             };

@@ -95,7 +95,10 @@ impl Description {
     pub fn unknown_capabilities(&self) -> Vec<String> {
         self.capabilities
             .iter()
-            .filter(|cap| !cap.starts_with("read:") && !matches!(cap.as_str(), "bpf" | "kallsyms"))
+            .filter(|cap| {
+                !cap.starts_with("read:")
+                    && !matches!(cap.as_str(), "bpf" | "kallsyms" | "rx-timestamps")
+            })
             .cloned()
             .collect()
     }
@@ -149,6 +152,26 @@ impl PluginHandle {
             Ok(Err(_)) => Err("plugin stopped during update".to_owned()),
             Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
         }
+    }
+}
+
+impl PluginHandle {
+    /// Hands a batch of records to the running instance (replay) and waits until the guest
+    /// has processed it.
+    pub async fn deliver(&self, subscription: u64, records: Vec<u8>) -> Result<(), String> {
+        let (done, finished) = oneshot::channel();
+        self.mailbox
+            .send(Call::Events {
+                incarnation: 0,
+                subscription,
+                records,
+                done,
+            })
+            .map_err(|_| "plugin is gone".to_owned())?;
+        finished
+            .await
+            .map(|_| ())
+            .map_err(|_| "plugin stopped during the batch".to_owned())
     }
 }
 
@@ -538,6 +561,7 @@ pub fn describe_with(
         grant: ReadGrant::default(),
         bpf: Err("describe may not use BPF".to_owned()),
         kallsyms: false,
+        rx_timestamps: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));
     store.set_epoch_deadline(deadline_ticks(deadline));

@@ -1,1 +1,382 @@
-//! `net_rx_latency`: work in progress.
+//! `net_rx_latency`: packets that took too long from their software RX timestamp
+//! (`skb->tstamp`) to three later receive stages (HUATUO's `net_rx_latency`):
+//!
+//! | stage | tracepoint | HUATUO threshold |
+//! |---|---|---|
+//! | `RX_STAGE_NETIF` | `net/netif_receive_skb` | Driver2NetRx 5 ms |
+//! | `RX_STAGE_TCPV4` | `tcp/tcp_probe` (HUATUO: kprobe `tcp_v4_rcv`) | Driver2TCP 10 ms |
+//! | `RX_STAGE_USERCOPY` | `skb/skb_copy_datagram_iovec` | Driver2Userspace 115 ms |
+//!
+//! Like HUATUO: IPv4/TCP only by default and the host network namespace excluded by default.
+//! Metrics: events saved by stage, candidates lost to a full ring buffer.
+//!
+//! Clocks: `skb->tstamp` is CLOCK_REALTIME and BPF only has CLOCK_MONOTONIC, so the object
+//! gets `mono_wall_offset` (REALTIME − MONOTONIC) at load; a timer re-checks it every
+//! minute and reloads the object after a wall-clock step.
+//!
+//! Limitation: the kernel fills `skb->tstamp` only while some socket has asked for RX
+//! software timestamps (HUATUO keeps an `SO_TIMESTAMPING` socket open for that). A wasm
+//! guest has no sockets, and the host does not keep one yet, so unless another process on
+//! the machine enables timestamps, most packets carry no timestamp and are not measured
+//! (TCP over loopback included: `ip_local_deliver` re-stamps the skb only when timestamps
+//! are enabled). See `ebpf/README.md`.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use kpulse_sdk::bindings::kpulse::plugin::clock;
+use kpulse_sdk::bpf::{self, Attach, Global, Record};
+use kpulse_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const OBJECT: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../ebpf/build/net_rx_latency.bpf.o"
+));
+/// The host's network namespace (that of pid 1), excluded like HUATUO's
+/// `ExcludedHostNetnamespace`.
+const HOST_NETNS: &str = "/proc/1/ns/net";
+/// The agent's own, used when pid 1's is not readable (the kernel wants ptrace access to
+/// pid 1): the agent runs in the host network namespace (like HUATUO's `hostNetwork`).
+const AGENT_NETNS: &str = "/proc/self/ns/net";
+
+/// `enum kp_rx_stage` 1..=3 → HUATUO's stage names.
+const STAGES: [&str; 3] = ["RX_STAGE_NETIF", "RX_STAGE_TCPV4", "RX_STAGE_USERCOPY"];
+/// `KP_RX_F_IPV4`: addresses are valid.
+const F_IPV4: u8 = 1;
+/// `KP_RX_F_TCP`: ports, sequence numbers are valid.
+const F_TCP: u8 = 2;
+/// Index of `KP_STAT_RB_FULL` in the object's per-CPU `stats` map.
+const STAT_RB_FULL: u32 = 1;
+/// How often the REALTIME − MONOTONIC offset is re-checked.
+const CLOCK_CHECK: Duration = Duration::from_secs(60);
+/// An offset change above this (a wall-clock step, not NTP slew) reloads the object.
+const CLOCK_STEP_NS: i64 = 10_000_000;
+
+/// `[plugins.net_rx_latency]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// RX timestamp → `netif_receive_skb` threshold, ns (HUATUO Driver2NetRx: 5 ms).
+    netif_threshold_ns: u64,
+    /// RX timestamp → TCP receive threshold, ns (HUATUO Driver2TCP: 10 ms).
+    tcp_threshold_ns: u64,
+    /// RX timestamp → copy to user space threshold, ns (HUATUO Driver2Userspace: 115 ms).
+    usercopy_threshold_ns: u64,
+    /// Report IPv4/TCP packets only (HUATUO behaviour: true).
+    tcp_only: bool,
+    /// Skip packets of the host network namespace (HUATUO `ExcludedHostNetnamespace`:
+    /// true), keeping containers' traffic.
+    exclude_host_netns: bool,
+    /// In-kernel rate limit of events per second, 0 = none (HUATUO has none).
+    max_events_per_second: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            netif_threshold_ns: 5_000_000,
+            tcp_threshold_ns: 10_000_000,
+            usercopy_threshold_ns: 115_000_000,
+            tcp_only: true,
+            exclude_host_netns: true,
+            max_events_per_second: 0,
+        }
+    }
+}
+
+struct NetRxLatency {
+    settings: Settings,
+    object: Option<bpf::Object>,
+    /// The offset the loaded object uses.
+    mono_wall_offset: i64,
+    /// Inode of the excluded network namespace, 0 = none.
+    excluded_netns: u32,
+    nr_cpus: u32,
+    /// Events saved, by stage (1..=3 at 0..=2).
+    events: [u64; 3],
+}
+
+#[derive(Serialize)]
+struct RxLatency {
+    comm: String,
+    /// Process id (tgid) of the task current at the hook.
+    pid: u32,
+    tid: u32,
+    cpu: u32,
+    latency_stage: &'static str,
+    latency_ms: u64,
+    latency_threshold_ms: u64,
+    latency_ns: u64,
+    latency_threshold_ns: u64,
+    netdev_name: String,
+    netdev_ifindex: u32,
+    net_namespace_inum: u32,
+    tcp_state: String,
+    tcp_saddr: String,
+    tcp_daddr: String,
+    tcp_sport: u16,
+    tcp_dport: u16,
+    tcp_seq: u32,
+    tcp_ack_seq: u32,
+    packet_len_bytes: u32,
+    packet_skb_addr: String,
+}
+
+kpulse_sdk::register!(NetRxLatency {
+    name: "net_rx_latency",
+    version: "0.1.0",
+    interval: 10,
+    kinds: [tracing, metric],
+    capabilities: [
+        "bpf",
+        "rx-timestamps",
+        "read:/proc/1/ns/net",
+        "read:/proc/self/ns/net"
+    ],
+    summary: "Packets slow from RX timestamp to netif, TCP or user copy (skb tstamp latency)",
+});
+
+impl Plugin for NetRxLatency {
+    fn init(config: Config) -> Result<Self> {
+        Ok(NetRxLatency {
+            settings: config.parse()?,
+            object: None,
+            mono_wall_offset: 0,
+            excluded_netns: 0,
+            nr_cpus: 1,
+            events: [0; 3],
+        })
+    }
+}
+
+impl Tracing for NetRxLatency {
+    fn start(&mut self, ctx: &mut Context) -> Result<()> {
+        self.nr_cpus = ctx.host().cpu_count.max(1);
+        if self.settings.exclude_host_netns {
+            self.excluded_netns = host_netns_inum()?;
+        }
+        self.load()?;
+        ctx.every(CLOCK_CHECK)?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _ctx: &mut Context, _timer: TimerId) -> Result<()> {
+        let offset = mono_wall_offset();
+        if offset.abs_diff(self.mono_wall_offset) > CLOCK_STEP_NS.unsigned_abs() {
+            log::info(&format!(
+                "wall clock stepped by {} ns: reloading",
+                offset.saturating_sub(self.mono_wall_offset)
+            ));
+            self.object = None;
+            self.load()?;
+        }
+        Ok(())
+    }
+
+    fn on_events(
+        &mut self,
+        _ctx: &mut Context,
+        _subscription: u64,
+        records: bpf::Records<'_>,
+    ) -> Result<()> {
+        for record in records {
+            let stage = record.u32_at(80);
+            let event = decode(record);
+            storage::save("net_rx_latency", "", storage::now(), &event)?;
+            if let Some(count) = (stage as usize)
+                .checked_sub(1)
+                .and_then(|i| self.events.get_mut(i))
+            {
+                *count += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetRxLatency {
+    fn load(&mut self) -> Result<()> {
+        let s = &self.settings;
+        self.mono_wall_offset = mono_wall_offset();
+        let object = bpf::Object::load(
+            OBJECT,
+            &[
+                Global::i64("mono_wall_offset", self.mono_wall_offset),
+                Global::u64("netif_threshold_ns", s.netif_threshold_ns),
+                Global::u64("tcp_threshold_ns", s.tcp_threshold_ns),
+                Global::u64("usercopy_threshold_ns", s.usercopy_threshold_ns),
+                Global::u32("tcp_only", u32::from(s.tcp_only)),
+                Global::u32("excluded_netns_inum", self.excluded_netns),
+                Global::u64("max_events_per_second", s.max_events_per_second),
+                Global::u32("ratelimit_nr_cpus", self.nr_cpus),
+            ],
+        )?;
+        object.attach("rx_netif", Attach::tracepoint("net", "netif_receive_skb"))?;
+        object.attach("rx_tcp", Attach::tracepoint("tcp", "tcp_probe"))?;
+        object.attach(
+            "rx_usercopy",
+            Attach::tracepoint("skb", "skb_copy_datagram_iovec"),
+        )?;
+        object.subscribe("events")?;
+        self.object = Some(object);
+        Ok(())
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC in ns, the wall time sampled between two monotonic
+/// reads.
+fn mono_wall_offset() -> i64 {
+    let before = clock::monotonic_ns();
+    let wall = clock::now_ns();
+    let after = clock::monotonic_ns();
+    let mono = before / 2 + after / 2;
+    i64::try_from(i128::from(wall) - i128::from(mono)).unwrap_or(0)
+}
+
+/// Inode of the host network namespace: pid 1's, else the agent's.
+fn host_netns_inum() -> Result<u32> {
+    let (path, link) = match fs::read_link(HOST_NETNS) {
+        Ok(link) => (HOST_NETNS, link),
+        Err(err) => {
+            log::info(&format!(
+                "{err}; excluding the agent's network namespace as the host's"
+            ));
+            (AGENT_NETNS, fs::read_link(AGENT_NETNS)?)
+        }
+    };
+    parse_netns_inum(&link)
+        .ok_or_else(|| Error::InvalidConfig(format!("{path} is {link:?}, not net:[inode]")))
+}
+
+/// `net:[4026531833]` → 4026531833.
+fn parse_netns_inum(link: &str) -> Option<u32> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn decode(r: Record<'_>) -> RxLatency {
+    let h = r.header();
+    let flags = r.u8_at(119);
+    let ipv4 = |offset| {
+        if flags & F_IPV4 == 0 {
+            String::new()
+        } else {
+            // Network byte order: the record's bytes are the address's octets.
+            Ipv4Addr::from(r.u32_at(offset).to_le_bytes()).to_string()
+        }
+    };
+    let tcp = flags & F_TCP != 0;
+    let latency_ns = r.u64_at(48);
+    let threshold_ns = r.u64_at(56);
+    RxLatency {
+        comm: h.comm,
+        pid: h.tgid,
+        tid: h.pid,
+        cpu: h.cpu,
+        latency_stage: (r.u32_at(80) as usize)
+            .checked_sub(1)
+            .and_then(|i| STAGES.get(i))
+            .copied()
+            .unwrap_or("RX_STAGE_UNKNOWN"),
+        latency_ms: latency_ns / 1_000_000,
+        latency_threshold_ms: threshold_ns / 1_000_000,
+        latency_ns,
+        latency_threshold_ns: threshold_ns,
+        netdev_name: r.str_at(120, 16),
+        netdev_ifindex: r.u32_at(88),
+        net_namespace_inum: r.u32_at(92),
+        tcp_state: tcp_state_name(r.u8_at(118)),
+        tcp_saddr: ipv4(96),
+        tcp_daddr: ipv4(100),
+        tcp_sport: if tcp { r.u16_at(104) } else { 0 },
+        tcp_dport: if tcp { r.u16_at(106) } else { 0 },
+        tcp_seq: if tcp { r.u32_at(108) } else { 0 },
+        tcp_ack_seq: if tcp { r.u32_at(112) } else { 0 },
+        packet_len_bytes: r.u32_at(84),
+        packet_skb_addr: format!("0x{:x}", r.u64_at(72)),
+    }
+}
+
+/// `sk->sk_state` (`include/net/tcp_states.h`); "" when there was no socket.
+fn tcp_state_name(state: u8) -> String {
+    const NAMES: [&str; 13] = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+        "BOUND_INACTIVE",
+    ];
+    match state {
+        0 => String::new(),
+        n => NAMES
+            .get(usize::from(n) - 1)
+            .map_or_else(|| format!("STATE_{n}"), |name| (*name).to_owned()),
+    }
+}
+
+impl Collector for NetRxLatency {
+    fn update(&mut self) -> Result<Vec<Metric>> {
+        let mut metrics: Vec<Metric> = STAGES
+            .iter()
+            .zip(self.events)
+            .map(|(stage, count)| {
+                metric::counter(
+                    "events",
+                    count as f64,
+                    "Packets over the stage's latency threshold saved, by stage.",
+                )
+                .label("stage", *stage)
+            })
+            .collect();
+        if let Some(object) = &self.object
+            && let Some(value) = object.lookup("stats", &STAT_RB_FULL.to_le_bytes())?
+        {
+            metrics.push(metric::counter(
+                "lost",
+                bpf::sum_percpu_u64(&value) as f64,
+                "Slow packets lost because the ring buffer was full (since the last load).",
+            ));
+        }
+        Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_link() {
+        assert_eq!(parse_netns_inum("net:[4026531833]"), Some(4_026_531_833));
+        assert_eq!(parse_netns_inum("mnt:[1]"), None);
+    }
+
+    #[test]
+    fn decodes_a_tcp_record() {
+        let mut b = vec![0u8; 136];
+        b[48..56].copy_from_slice(&2_500_000u64.to_le_bytes());
+        b[80..84].copy_from_slice(&2u32.to_le_bytes());
+        b[96..100].copy_from_slice(&[127, 0, 0, 1]);
+        b[100..104].copy_from_slice(&[10, 1, 2, 3]);
+        b[104..106].copy_from_slice(&8080u16.to_le_bytes());
+        b[118] = 1;
+        b[119] = F_IPV4 | F_TCP;
+        let e = decode(Record(&b));
+        assert_eq!(e.latency_stage, "RX_STAGE_TCPV4");
+        assert_eq!((e.latency_ms, e.tcp_sport), (2, 8080));
+        assert_eq!(
+            (e.tcp_saddr.as_str(), e.tcp_daddr.as_str()),
+            ("127.0.0.1", "10.1.2.3")
+        );
+        assert_eq!(e.tcp_state, "ESTABLISHED");
+        assert_eq!(decode(Record(&[])).latency_stage, "RX_STAGE_UNKNOWN");
+    }
+}

@@ -1,1 +1,412 @@
-//! `oom`: work in progress.
+//! `oom`: every OOM kill (`oom/mark_victim`) with the task whose allocation ran the OOM
+//! killer (the trigger), the victim with its memory footprint, both tasks' memory cgroups
+//! (read from cgroupfs while they still exist) and a snapshot of `/proc/meminfo`
+//! (HUATUO's `oom` tracer). Metrics: every OOM kill counted in the kernel, including those
+//! the rate limit kept out of the event stream.
+
+use std::collections::BTreeMap;
+
+use kpulse_sdk::bpf::{self, Attach, Global, Record};
+use kpulse_sdk::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const OBJECT: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../ebpf/build/oom.bpf.o"
+));
+
+/// `enum kp_event_kind` value of OOM records.
+const KIND_OOM: u32 = 2;
+/// `kp_oom_event.valid` bits.
+const HAS_COMM: u32 = 1 << 0;
+const HAS_MM: u32 = 1 << 1;
+const HAS_UID: u32 = 1 << 2;
+const HAS_PGTABLES: u32 = 1 << 3;
+const HAS_SCORE_ADJ: u32 = 1 << 4;
+const HAS_VICTIM_MEMCG: u32 = 1 << 5;
+/// `enum kp_stat` indexes.
+const STAT_RB_FULL: u32 = 1;
+const STAT_RATELIMITED: u32 = 2;
+const STAT_HITS: u32 = 3;
+/// Distinct victim comms tracked by the `victims` metric; later ones count as "other".
+const MAX_VICTIM_COMMS: usize = 100;
+/// Where cgroup v1 controllers and the cgroup v2 hierarchy are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// `[plugins.oom]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// OOM events per second kept by the in-kernel rate limit, 0 = no limit (HUATUO
+    /// rate-limits in BPF as well: 100). Kills over the limit are still counted.
+    max_events_per_second: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_events_per_second: 100,
+        }
+    }
+}
+
+struct Oom {
+    settings: Settings,
+    object: Option<bpf::Object>,
+    events: u64,
+    /// Saved OOM kills per victim comm.
+    victims: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct Document {
+    trigger: Trigger,
+    victim: Victim,
+    memory_snapshot: MemorySnapshot,
+}
+
+/// The task whose allocation ran the OOM killer.
+#[derive(Serialize)]
+struct Trigger {
+    /// Process id (tgid).
+    pid: u32,
+    /// Thread id.
+    tid: u32,
+    comm: String,
+    /// Kernfs id (directory inode) of its memory cgroup; 0 if unknown.
+    memory_cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Cgroup>,
+    container_id: String,
+}
+
+/// The task the OOM killer chose.
+#[derive(Serialize)]
+struct Victim {
+    /// Thread id the kernel reported (the thread-group leader it kills).
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_vm_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anon_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shmem_rss_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pgtables_kb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oom_score_adj: Option<i16>,
+    /// Known when the victim is the trigger; else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_cgroup_id: Option<u64>,
+    /// Read from `/proc/<pid>/cgroup` if the victim has not exited yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<Cgroup>,
+    container_id: String,
+}
+
+/// A task's memory cgroup at the time the event was processed.
+#[derive(Serialize, Debug, PartialEq)]
+struct Cgroup {
+    /// Path in the memory hierarchy (cgroup v1 `memory` controller, else cgroup v2).
+    path: String,
+    /// Usage in bytes (`memory.usage_in_bytes` / `memory.current`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<u64>,
+    /// Limit in bytes (`memory.limit_in_bytes` / `memory.max`); absent when unlimited (v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MemorySnapshot {
+    /// `/proc/meminfo` in bytes (`kB` values × 1024; page counts as they are).
+    host_meminfo: BTreeMap<String, u64>,
+}
+
+kpulse_sdk::register!(Oom {
+    name: "oom",
+    version: "0.1.0",
+    interval: 10,
+    kinds: [tracing, metric],
+    capabilities: [
+        "bpf",
+        "read:/proc/meminfo",
+        "read:/proc",
+        "read:/sys/fs/cgroup"
+    ],
+    summary: "OOM kills with trigger, victim, memory cgroups and meminfo (oom/mark_victim)",
+});
+
+impl Plugin for Oom {
+    fn init(config: Config) -> Result<Self> {
+        Ok(Oom {
+            settings: config.parse()?,
+            object: None,
+            events: 0,
+            victims: BTreeMap::new(),
+        })
+    }
+}
+
+impl Tracing for Oom {
+    fn start(&mut self, _ctx: &mut Context) -> Result<()> {
+        let object = bpf::Object::load(
+            OBJECT,
+            &[
+                Global::u64("max_events_per_second", self.settings.max_events_per_second),
+                Global::u32("ratelimit_nr_cpus", bpf::possible_cpus().max(1)),
+            ],
+        )?;
+        object.attach("oom_mark_victim", Attach::tracepoint("oom", "mark_victim"))?;
+        object.subscribe("events")?;
+        self.object = Some(object);
+        Ok(())
+    }
+
+    fn on_events(
+        &mut self,
+        _ctx: &mut Context,
+        _subscription: u64,
+        records: bpf::Records<'_>,
+    ) -> Result<()> {
+        for record in records {
+            if record.header().kind != KIND_OOM {
+                continue;
+            }
+            let mut document = decode(record);
+            document.trigger.cgroup = task_cgroup(document.trigger.pid);
+            document.victim.cgroup = task_cgroup(document.victim.pid);
+            document.memory_snapshot.host_meminfo = procfs::meminfo().unwrap_or_else(|err| {
+                log::warn(&format!("no meminfo snapshot: {err}"));
+                BTreeMap::new()
+            });
+            storage::save("oom", "", storage::now(), &document)?;
+            self.events += 1;
+            self.count_victim(&document.victim.comm);
+        }
+        Ok(())
+    }
+}
+
+impl Oom {
+    fn count_victim(&mut self, comm: &str) {
+        let key = if self.victims.contains_key(comm) || self.victims.len() < MAX_VICTIM_COMMS {
+            comm
+        } else {
+            "other"
+        };
+        *self.victims.entry(key.to_owned()).or_insert(0) += 1;
+    }
+
+    fn stat(&self, object: &bpf::Object, index: u32) -> Result<f64> {
+        Ok(object
+            .lookup("stats", &index.to_le_bytes())?
+            .map(|v| bpf::sum_percpu_u64(&v) as f64)
+            .unwrap_or(0.0))
+    }
+}
+
+fn decode(r: Record<'_>) -> Document {
+    let h = r.header();
+    let valid = r.u32_at(124);
+    let has = |bit: u32| valid & bit != 0;
+    let mm = |offset: usize| has(HAS_MM).then(|| r.u64_at(offset));
+    Document {
+        trigger: Trigger {
+            pid: h.tgid,
+            tid: h.pid,
+            comm: h.comm,
+            memory_cgroup_id: r.u64_at(48),
+            cgroup: None,
+            container_id: String::new(),
+        },
+        victim: Victim {
+            pid: r.u32_at(56),
+            uid: has(HAS_UID).then(|| r.u32_at(60)),
+            comm: if has(HAS_COMM) {
+                r.str_at(64, 16)
+            } else {
+                String::new()
+            },
+            total_vm_kb: mm(80),
+            anon_rss_kb: mm(88),
+            file_rss_kb: mm(96),
+            shmem_rss_kb: mm(104),
+            pgtables_kb: has(HAS_PGTABLES).then(|| r.u64_at(112)),
+            oom_score_adj: has(HAS_SCORE_ADJ).then(|| r.i16_at(120)),
+            memory_cgroup_id: has(HAS_VICTIM_MEMCG).then(|| r.u64_at(128)),
+            cgroup: None,
+            container_id: String::new(),
+        },
+        memory_snapshot: MemorySnapshot {
+            host_meminfo: BTreeMap::new(),
+        },
+    }
+}
+
+/// A task's memory cgroup with usage and limit, if the task still exists.
+fn task_cgroup(pid: u32) -> Option<Cgroup> {
+    if pid == 0 {
+        return None;
+    }
+    let text = fs::read_to_string(&format!("/proc/{pid}/cgroup")).ok()?;
+    // An exiting task has left its cgroups (it shows the root): only trust the file if the
+    // task had not started exiting after it was read.
+    let stat = fs::read_to_string(&format!("/proc/{pid}/stat")).ok()?;
+    if exiting(&stat)? {
+        return None;
+    }
+    let (v1, path) = memory_cgroup_path(&text)?;
+    let read = |dir: &str, file: &str| {
+        fs::read_to_string(&format!("{dir}/{file}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let rel = path.trim_start_matches('/');
+    let cgroup = if v1 {
+        let dir = format!("{CGROUP_ROOT}/memory/{rel}");
+        Cgroup {
+            current: read(&dir, "memory.usage_in_bytes"),
+            max: read(&dir, "memory.limit_in_bytes"),
+            path,
+        }
+    } else {
+        let dir = format!("{CGROUP_ROOT}/{rel}");
+        Cgroup {
+            current: read(&dir, "memory.current"),
+            max: read(&dir, "memory.max"),
+            path,
+        }
+    };
+    Some(cgroup)
+}
+
+/// Whether a `/proc/<pid>/stat` line shows the task exiting (`PF_EXITING` in its flags, or
+/// a zombie); `None` if malformed.
+fn exiting(stat: &str) -> Option<bool> {
+    const PF_EXITING: u64 = 0x4;
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let flags: u64 = fields.nth(5)?.parse().ok()?;
+    Some(flags & PF_EXITING != 0 || state == "Z" || state == "X")
+}
+
+/// The memory cgroup of a `/proc/<pid>/cgroup` file: the v1 `memory` controller line if
+/// any (`true`), else the v2 `0::` line (`false`).
+fn memory_cgroup_path(text: &str) -> Option<(bool, String)> {
+    let mut unified = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some((true, path.to_owned()));
+        }
+        if id == "0" && controllers.is_empty() {
+            unified = Some((false, path.to_owned()));
+        }
+    }
+    unified
+}
+
+impl Collector for Oom {
+    fn update(&mut self) -> Result<Vec<Metric>> {
+        let mut metrics = vec![metric::counter(
+            "events",
+            self.events as f64,
+            "OOM kill events saved (after the rate limit).",
+        )];
+        for (comm, count) in &self.victims {
+            metrics.push(
+                metric::counter(
+                    "victims",
+                    *count as f64,
+                    "Saved OOM kill events by victim comm.",
+                )
+                .label("comm", comm.clone()),
+            );
+        }
+        if let Some(object) = &self.object {
+            metrics.push(metric::counter(
+                "host",
+                self.stat(object, STAT_HITS)?,
+                "OOM kills on the host (every oom/mark_victim, counted in the kernel).",
+            ));
+            metrics.push(metric::counter(
+                "ratelimited",
+                self.stat(object, STAT_RATELIMITED)?,
+                "OOM kills not reported as events because of max_events_per_second.",
+            ));
+            metrics.push(metric::counter(
+                "lost",
+                self.stat(object, STAT_RB_FULL)?,
+                "OOM kill events lost in the kernel (ring buffer full).",
+            ));
+        }
+        Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_record_with_valid_bits() {
+        let mut b = vec![0u8; 136];
+        b[0..4].copy_from_slice(&KIND_OOM.to_le_bytes());
+        b[16..20].copy_from_slice(&41u32.to_le_bytes());
+        b[20..24].copy_from_slice(&40u32.to_le_bytes());
+        b[24..28].copy_from_slice(b"tail");
+        b[48..56].copy_from_slice(&777u64.to_le_bytes());
+        b[56..60].copy_from_slice(&41u32.to_le_bytes());
+        b[64..68].copy_from_slice(b"tail");
+        b[88..96].copy_from_slice(&65000u64.to_le_bytes());
+        b[120..122].copy_from_slice(&(-17i16).to_le_bytes());
+        let valid = HAS_COMM | HAS_MM | HAS_SCORE_ADJ | HAS_VICTIM_MEMCG;
+        b[124..128].copy_from_slice(&valid.to_le_bytes());
+        b[128..136].copy_from_slice(&777u64.to_le_bytes());
+        let d = decode(Record(&b));
+        assert_eq!((d.trigger.pid, d.trigger.tid), (40, 41));
+        assert_eq!(d.trigger.memory_cgroup_id, 777);
+        assert_eq!((d.victim.pid, d.victim.comm.as_str()), (41, "tail"));
+        assert_eq!(d.victim.anon_rss_kb, Some(65000));
+        assert_eq!(d.victim.oom_score_adj, Some(-17));
+        assert_eq!(d.victim.uid, None);
+        assert_eq!(d.victim.pgtables_kb, None);
+        assert_eq!(d.victim.memory_cgroup_id, Some(777));
+    }
+
+    #[test]
+    fn exiting_tasks() {
+        let alive = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3";
+        let leaving = "42 (tail) R 1 42 42 0 -1 4194372 100 0 0 0 7 3";
+        let zombie = "42 (tail) Z 1 42 42 0 -1 4194560 100 0 0 0 7 3";
+        assert_eq!(exiting(alive), Some(false));
+        assert_eq!(exiting(leaving), Some(true));
+        assert_eq!(exiting(zombie), Some(true));
+        assert_eq!(exiting("garbage"), None);
+    }
+
+    #[test]
+    fn memory_cgroup_from_proc_cgroup() {
+        let hybrid = "12:pids:/user.slice\n5:memory:/kpulse-oom\n0::/user.slice\n";
+        assert_eq!(
+            memory_cgroup_path(hybrid),
+            Some((true, "/kpulse-oom".to_owned()))
+        );
+        assert_eq!(
+            memory_cgroup_path("0::/system.slice/x.service\n"),
+            Some((false, "/system.slice/x.service".to_owned()))
+        );
+        assert_eq!(memory_cgroup_path(""), None);
+    }
+}

@@ -2,7 +2,9 @@
 //! real components, side by side with node_exporter where a comparison makes sense.
 //!
 //! Run with `scripts/bench.sh` (it builds everything first). Sections:
-//! scrape latency, hot-reload latency (cached and cold compile), RSS with 10 plugins, idle CPU.
+//! scrape latency, hot-reload latency (cached and cold compile), RSS with 10 plugins, idle CPU,
+//! ring-buffer throughput (wasm path vs a native aya reader), workload overhead of the event
+//! plugins.
 
 #![allow(
     clippy::unwrap_used,
@@ -31,6 +33,12 @@ fn main() {
     }
     if want("footprint") {
         footprint();
+    }
+    if want("ringbuf") {
+        ringbuf();
+    }
+    if want("overhead") {
+        overhead();
     }
 }
 
@@ -285,4 +293,283 @@ fn footprint() {
         let _ = child.wait();
     }
     let _ = scratch_dir;
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring buffer: sched_switch records through the host into a wasm guest, against a native
+// aya reader of the same program, under the same context-switch load.
+
+/// Threads that call sched_yield in a loop, pinned to `cpus` (two per CPU: every yield is
+/// a context switch). Dropping the value stops them.
+struct SwitchLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl SwitchLoad {
+    fn start(cpus: &[usize]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &cpu in cpus {
+            for _ in 0..2 {
+                let stop = stop.clone();
+                threads.push(std::thread::spawn(move || {
+                    pin_to(cpu);
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // SAFETY: sched_yield has no preconditions.
+                        #[allow(unsafe_code, reason = "sched_yield")]
+                        unsafe {
+                            libc::sched_yield();
+                        }
+                        n += 1;
+                    }
+                    n
+                }));
+            }
+        }
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(0))
+            .sum()
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within its bounds for cpu < 1024.
+    #[allow(unsafe_code, reason = "sched_setaffinity")]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    #[allow(unsafe_code, reason = "clock_gettime")]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Native reader: aya + tokio AsyncFd with the same 10 ms drain as the host, decoding the
+/// same fields as the ringbench guest. Returns (records, reader CPU seconds, drops).
+fn native_reader(seconds: u64) -> (u64, f64, u64) {
+    use aya::maps::RingBuf;
+    use aya::programs::BtfTracePoint;
+    let object =
+        std::fs::read(kpulse_integration_tests::root().join("ebpf/build/sched_switch.bpf.o"))
+            .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    pin_to(0);
+    runtime.block_on(async move {
+        let btf = aya::Btf::from_sys_fs().unwrap();
+        let mut ebpf = aya::Ebpf::load(&object).unwrap();
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut("sched_switch")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        program.load("sched_switch", &btf).unwrap();
+        program.attach().unwrap();
+        let ring = RingBuf::try_from(ebpf.take_map("events").unwrap()).unwrap();
+        // SAFETY: the AsyncFd owns the ring buffer and thus its fd.
+        #[allow(unsafe_code, reason = "registering an owned fd with tokio")]
+        let mut fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)
+        .unwrap();
+        let cpu_start = thread_cpu_seconds();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let (mut records, mut checksum) = (0u64, 0u64);
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                ready = fd.readable_mut() => { if let Ok(mut g) = ready { g.clear_ready(); } }
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            let ring = fd.get_mut();
+            while let Some(item) = ring.next() {
+                records += 1;
+                let u32_at =
+                    |o: usize| u32::from_le_bytes(item[o..o + 4].try_into().unwrap_or([0; 4]));
+                checksum = checksum.wrapping_add(
+                    u64::from(u32_at(16)) ^ u64::from(u32_at(48)) ^ u64::from(u32_at(4)),
+                );
+            }
+        }
+        let cpu = thread_cpu_seconds() - cpu_start;
+        std::hint::black_box(checksum);
+        let drops = aya::maps::PerCpuArray::<_, u64>::try_from(ebpf.map("stats").unwrap())
+            .ok()
+            .and_then(|stats| stats.get(&1, 0).ok())
+            .map(|values| values.iter().sum())
+            .unwrap_or(0);
+        (records, cpu, drops)
+    })
+}
+
+fn ringbuf() {
+    let seconds = 10;
+    println!(
+        "\n## Ring buffer: sched_switch records, {seconds} s per row, same load (2 sched_yield threads per loaded CPU)"
+    );
+    println!(
+        "| reader | load on | records/s | reader CPU (% of a core) | ns CPU per record | drops |\n|---|---|---|---|---|---|"
+    );
+    for (label, cpus) in [("CPU1", vec![1]), ("CPU0+CPU1", vec![0, 1])] {
+        let load = SwitchLoad::start(&cpus);
+        std::thread::sleep(Duration::from_millis(500));
+        let (records, cpu, drops) = native_reader(seconds);
+        println!(
+            "| native aya reader (1 thread) | {label} | {:.0} | {:.1} % | {:.0} | {drops} |",
+            records as f64 / seconds as f64,
+            cpu / seconds as f64 * 100.0,
+            cpu * 1e9 / records.max(1) as f64
+        );
+        let agent = Agent::start(
+            "bench-ring",
+            &[guest_wasm("ringbench")],
+            "[policy]\nbpf_allow = [\"ringbench\"]\n",
+        );
+        agent.wait_state("ringbench", "running", Duration::from_secs(20));
+        std::thread::sleep(Duration::from_secs(1));
+        let read = |agent: &Agent| {
+            let m = agent.metrics();
+            let records = kpulse_integration_tests::sample(&m, "kpulse_ringbench_records_total{")
+                .unwrap_or(0.0);
+            let drops = kpulse_integration_tests::sample_with(
+                &m,
+                "kpulse_plugin_bpf_ring_full_drops_total",
+                "plugin=\"ringbench\"",
+            )
+            .unwrap_or(0.0);
+            (records, drops)
+        };
+        let pid = agent.child.id();
+        let (r0, d0) = read(&agent);
+        let c0 = proc_cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs(seconds));
+        let (r1, d1) = read(&agent);
+        let cpu = proc_cpu_seconds(pid) - c0;
+        let records = r1 - r0;
+        println!(
+            "| kpulse host → wasm guest (whole agent process) | {label} | {:.0} | {:.1} % | {:.0} | {:.0} |",
+            records / seconds as f64,
+            cpu / seconds as f64 * 100.0,
+            cpu * 1e9 / records.max(1.0),
+            d1 - d0
+        );
+        drop(agent);
+        let switches = load.finish();
+        std::hint::black_box(switches);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Overhead: a context-switch- and packet-heavy workload with and without the event plugins.
+
+/// Runs the workload for `seconds`: sched_yield pairs on both CPUs and a loopback UDP
+/// sender/receiver pair; returns (yields/s, packets/s).
+fn workload(seconds: u64) -> (f64, f64) {
+    let load = SwitchLoad::start(&[0, 1]);
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let target = receiver.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let payload = [0u8; 256];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = socket.send_to(&payload, target);
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut packets = 0u64;
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if receiver.recv(&mut buf).is_ok() {
+            packets += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.join();
+    let yields = load.finish();
+    let elapsed = started.elapsed().as_secs_f64();
+    (yields as f64 / elapsed, packets as f64 / elapsed)
+}
+
+fn overhead() {
+    let seconds = 10;
+    let rounds = 3;
+    let plugins: Vec<_> = [
+        "dropwatch",
+        "softirq",
+        "oom",
+        "hungtask",
+        "memreclaim",
+        "net_rx_latency",
+        "softlockup",
+    ]
+    .iter()
+    .map(|p| plugin_wasm(p))
+    .filter(|p| p.exists())
+    .collect();
+    println!(
+        "\n## Workload overhead: sched_yield on both CPUs + loopback UDP, {seconds} s runs, {rounds} alternating rounds"
+    );
+    println!(
+        "event plugins loaded: {}",
+        plugins
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| round | without agent: yields/s | with agent: yields/s | without: packets/s | with: packets/s |\n|---|---|---|---|---|"
+    );
+    let (mut base_y, mut with_y, mut base_p, mut with_p) = (0.0, 0.0, 0.0, 0.0);
+    for round in 1..=rounds {
+        let (by, bp) = workload(seconds);
+        let agent = Agent::start("bench-overhead", &plugins, "");
+        for p in &plugins {
+            agent.wait_state(
+                &p.file_stem().unwrap().to_string_lossy(),
+                "running",
+                Duration::from_secs(30),
+            );
+        }
+        let (wy, wp) = workload(seconds);
+        drop(agent);
+        println!("| {round} | {by:.0} | {wy:.0} | {bp:.0} | {wp:.0} |");
+        base_y += by;
+        with_y += wy;
+        base_p += bp;
+        with_p += wp;
+    }
+    println!(
+        "slowdown with all event plugins: context switches {:+.2} %, packets {:+.2} %",
+        (1.0 - with_y / base_y) * 100.0,
+        (1.0 - with_p / base_p) * 100.0
+    );
 }
