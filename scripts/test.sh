@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
-ensure_packages prometheus iproute2
+# promtool and a Prometheus server for /metrics; tools the fault-injection tests use.
+ensure_packages prometheus iproute2 e2fsprogs util-linux perl
 ensure_rust
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 
@@ -15,7 +16,11 @@ echo "== build"
 build_all
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --target wasm32-wasip2 -p kpulse-sdk -p kpulse-plugin-loadavg -p kpulse-plugin-example -- -D warnings
+plugin_packages=()
+for toml in plugins/*/Cargo.toml; do
+    plugin_packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$toml" | head -n1)")
+done
+cargo clippy --target wasm32-wasip2 -p kpulse-sdk "${plugin_packages[@]}" -- -D warnings
 echo "== tests"
 cargo test --release --workspace --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests

@@ -331,7 +331,7 @@ impl BpfObject {
         }
     }
 
-    pub fn entries(&self, map: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+    pub fn entries(&self, map: &str) -> Result<Vec<MapEntry>, BpfError> {
         let (fd, shape) = self.map(map)?;
         let mut out = Vec::new();
         let mut key: Option<Vec<u8>> = None;
@@ -378,6 +378,9 @@ impl BpfObject {
             .map_err(|err| BpfError::new(ErrorCode::Io, format!("delete from {map:?}: {err}")))
     }
 }
+
+/// A raw `(key, value)` pair of a map.
+pub type MapEntry = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug, Clone, Copy)]
 struct MapShape {

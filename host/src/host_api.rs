@@ -579,7 +579,7 @@ impl bpf::HostObject for HostState {
         &mut self,
         handle: Resource<BpfObject>,
         map: String,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, bpf::BpfError> {
+    ) -> Result<Vec<crate::bpf::MapEntry>, bpf::BpfError> {
         self.object(&handle)?.entries(&map).map_err(to_wit)
     }
 

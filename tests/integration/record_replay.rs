@@ -19,7 +19,7 @@ fn recorded_drops_replay_offline_without_root() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();
     let dir = scratch_dir("record");
     let recording = dir.join("dropwatch.kprec");
-    let mut recorder = Command::new(kpulse_bin())
+    let recorder = Command::new(kpulse_bin())
         .args(["plugins", "record"])
         .arg(plugin_wasm("dropwatch"))
         .args(["--for", "4s"])
