@@ -22,5 +22,7 @@ for toml in plugins/*/Cargo.toml; do
 done
 cargo clippy --target wasm32-wasip2 -p kpulse-sdk "${plugin_packages[@]}" -- -D warnings
 echo "== tests"
+# A real single-node OpenSearch for tests/integration/opensearch.rs (idempotent).
+scripts/opensearch.sh start
 cargo test --release --workspace --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests

@@ -98,6 +98,29 @@ impl Object {
     }
 }
 
+/// Slots of the per-CPU `stats` map that every kpulse BPF object keeps
+/// (`ebpf/include/kpulse_common.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// Records written to the ring buffer.
+    Emitted = 0,
+    /// Records lost because the ring buffer was full.
+    RingFull = 1,
+    /// Records suppressed by the in-kernel rate limit.
+    RateLimited = 2,
+    /// Times the program ran.
+    Hits = 3,
+}
+
+impl Object {
+    /// One counter of the object's `stats` map, summed over CPUs (0 if it has none).
+    pub fn stat(&self, stat: Stat) -> Result<u64> {
+        Ok(self
+            .lookup("stats", &(stat as u32).to_le_bytes())?
+            .map_or(0, |value| sum_percpu_u64(&value)))
+    }
+}
+
 /// Possible CPUs: the number of values in a per-CPU map entry.
 pub fn possible_cpus() -> u32 {
     raw::possible_cpus()

@@ -35,6 +35,19 @@ impl Error {
         )
     }
 
+    /// Whether the host or kernel cannot do it (e.g. kprobes on a kernel without them):
+    /// the cue to fall back, e.g. to a tracepoint.
+    pub fn is_not_supported(&self) -> bool {
+        matches!(
+            self,
+            Error::NotSupported(_)
+                | Error::Host {
+                    code: ErrorCode::NotSupported,
+                    ..
+                }
+        )
+    }
+
     /// Whether the file or process was not there.
     pub fn is_not_found(&self) -> bool {
         matches!(

@@ -13,6 +13,8 @@ use crate::http::AppState;
 use crate::metrics::Exposition;
 use crate::plugins::PluginManager;
 use crate::runtime::Runtime;
+use crate::sinks::Sink;
+use crate::sinks::opensearch::OpenSearchSink;
 use crate::storage::Store;
 
 /// Runs the agent with `config` until a termination signal.
@@ -32,13 +34,29 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     })?;
     let config = Arc::new(config);
     let host = HostInfo::detect(&config.region);
-    let store =
-        Store::start(&config.storage, &config.data_dir, host.clone()).with_context(|| {
-            format!(
-                "cannot open the local store in {}",
-                config.data_dir.display()
+    let opensearch = match config.storage.opensearch.as_ref().filter(|o| o.enabled) {
+        Some(opensearch) => Some(
+            OpenSearchSink::start(
+                opensearch,
+                &config.data_dir,
+                &tokio::runtime::Handle::current(),
             )
-        })?;
+            .context("cannot start the OpenSearch sink")?,
+        ),
+        None => None,
+    };
+    let store = Store::start_with_sink(
+        &config.storage,
+        &config.data_dir,
+        host.clone(),
+        opensearch.clone().map(|sink| sink as Arc<dyn Sink>),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the local store in {}",
+            config.data_dir.display()
+        )
+    })?;
     let cache = config
         .runtime
         .compile_cache
@@ -65,6 +83,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         manager: manager.clone(),
         store,
+        opensearch,
         exposition: Exposition::new(config.metrics.clone(), host.clone()),
         bearer_token: config.http.bearer_token.clone(),
         ready: AtomicBool::new(false),

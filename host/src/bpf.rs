@@ -426,6 +426,7 @@ async fn read_ring(
 ) {
     let mut buffer: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut last_stats = tokio::time::Instant::now();
+    let (mut seen_ring_full, mut seen_rate_limited) = (0u64, 0u64);
     loop {
         tokio::select! {
             ready = fd.readable_mut() => {
@@ -479,14 +480,23 @@ async fn read_ring(
             && last_stats.elapsed() >= Duration::from_secs(1)
         {
             last_stats = tokio::time::Instant::now();
+            // Add what changed since the last look, so several objects (or a reloaded one)
+            // accumulate instead of overwriting each other.
             if let Some(lost) = sum_percpu_u64(stats.as_fd(), 1) {
-                delivery.stats.bpf_ring_full.store(lost, Ordering::Relaxed);
+                let delta = lost.saturating_sub(seen_ring_full);
+                delivery
+                    .stats
+                    .bpf_ring_full
+                    .fetch_add(delta, Ordering::Relaxed);
+                seen_ring_full = lost;
             }
             if let Some(limited) = sum_percpu_u64(stats.as_fd(), 2) {
+                let delta = limited.saturating_sub(seen_rate_limited);
                 delivery
                     .stats
                     .bpf_rate_limited
-                    .store(limited, Ordering::Relaxed);
+                    .fetch_add(delta, Ordering::Relaxed);
+                seen_rate_limited = limited;
             }
         }
     }

@@ -244,16 +244,27 @@ async fn describe_file(
 
 async fn inspect(file: &Path) -> anyhow::Result<()> {
     let (info, prepared, imports) = describe_file(file).await?;
-    let policy = FsAccess::open(&PolicyConfig::default());
+    let defaults = PolicyConfig::default();
+    let policy = FsAccess::open(&defaults);
     let granted = policy.grant(&info.read_prefixes());
     let capabilities: Vec<_> = info
         .capabilities
         .iter()
         .map(|cap| {
-            let status = match cap.strip_prefix("read:") {
-                Some(prefix) if granted.covers(prefix) => "granted by the default policy",
-                Some(_) => "denied by the default policy",
-                None => "unknown to this host: never granted",
+            let by_policy = |allow: &[String]| {
+                if crate::bpf::policy_allows(allow, &info.name, &prepared.sha256, true).is_ok() {
+                    "granted by the default policy"
+                } else {
+                    "denied by the default policy (add the name or sha256 to the allow list)"
+                }
+            };
+            let status = match (cap.as_str(), cap.strip_prefix("read:")) {
+                (_, Some(prefix)) if granted.covers(prefix) => "granted by the default policy",
+                (_, Some(_)) => "denied by the default policy",
+                ("bpf", None) => by_policy(&defaults.bpf_allow),
+                ("kallsyms", None) => by_policy(&defaults.kallsyms_allow),
+                ("rx-timestamps", None) => "granted",
+                _ => "unknown to this host: never granted",
             };
             json!({"capability": cap, "status": status})
         })

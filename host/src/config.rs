@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::sinks::opensearch::config::OpenSearchConfig;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -155,6 +157,9 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Largest accepted `tracer_data`, in KiB.
     pub max_document_kib: usize,
+    /// `[storage.opensearch]`: also bulk-index every document into OpenSearch or
+    /// Elasticsearch (see `docs/opensearch.md`).
+    pub opensearch: Option<OpenSearchConfig>,
 }
 
 impl Default for StorageConfig {
@@ -165,6 +170,7 @@ impl Default for StorageConfig {
             max_rotated_files: 10,
             queue_capacity: 65_536,
             max_document_kib: 1024,
+            opensearch: None,
         }
     }
 }
@@ -308,6 +314,11 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        if let Some(opensearch) = &self.storage.opensearch
+            && let Err((key, message)) = opensearch.validate()
+        {
+            return Err(invalid(&format!("storage.opensearch.{key}"), message));
+        }
         for (name, table) in &self.plugins {
             for (key, parse) in [("deadline_ms", 1..=600_000), ("memory_mib", 1..=4096)] {
                 if let Some(value) = table.get(key) {
@@ -397,6 +408,24 @@ mod tests {
             .expect_err("zero deadline must fail")
             .to_string();
         assert!(err.contains("plugins.loadavg.deadline_ms"), "{err}");
+    }
+
+    #[test]
+    fn opensearch_table_is_strict_and_validated() {
+        let config = parse(
+            "[storage.opensearch]\naddresses = [\"http://127.0.0.1:9200\"]\nindex = \"huatuo_bamai\"\nindex_mode = \"fixed\"\n",
+        )
+        .expect("valid");
+        let opensearch = config.storage.opensearch.expect("table present");
+        assert_eq!(opensearch.index, "huatuo_bamai");
+        let err = parse("[storage.opensearch]\nconcurrency = 0\n")
+            .expect_err("zero concurrency")
+            .to_string();
+        assert!(err.contains("storage.opensearch.concurrency"), "{err}");
+        let err = parse("[storage.opensearch]\nadress = []\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("adress"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ const MAX_EVENTS_LIMIT: usize = 10_000;
 pub struct AppState {
     pub manager: Arc<PluginManager>,
     pub store: Store,
+    /// The OpenSearch sink, when configured (`GET /events?source=opensearch`).
+    pub opensearch: Option<Arc<crate::sinks::opensearch::OpenSearchSink>>,
     pub exposition: Exposition,
     pub bearer_token: Option<String>,
     /// Set once the initial plugin scan is done.
@@ -161,6 +163,31 @@ pub fn routes(
                         return error_reply(StatusCode::BAD_REQUEST, "bad_request", &message);
                     }
                 };
+                match params.get("source").map(String::as_str) {
+                    None | Some("local") => {}
+                    Some("opensearch") => {
+                        let Some(sink) = &state.opensearch else {
+                            return error_reply(
+                                StatusCode::BAD_REQUEST,
+                                "bad_request",
+                                "source=opensearch needs [storage.opensearch] in the config",
+                            );
+                        };
+                        return match sink.query(&query).await {
+                            Ok(docs) => json_reply(StatusCode::OK, &docs),
+                            Err(err) => {
+                                error_reply(StatusCode::BAD_GATEWAY, "opensearch", &err.to_string())
+                            }
+                        };
+                    }
+                    Some(other) => {
+                        return error_reply(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            &format!("source must be local or opensearch, got {other:?}"),
+                        );
+                    }
+                }
                 let store = state.store.clone();
                 let result = tokio::task::spawn_blocking(move || store.query(&query)).await;
                 match result {
@@ -226,10 +253,10 @@ fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, Str
     for key in params.keys() {
         if !matches!(
             key.as_str(),
-            "tracer" | "container" | "since" | "until" | "limit"
+            "tracer" | "container" | "since" | "until" | "limit" | "source"
         ) {
             return Err(format!(
-                "unknown parameter {key:?}; use tracer, container, since, until, limit"
+                "unknown parameter {key:?}; use tracer, container, since, until, limit, source"
             ));
         }
     }

@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod plugins;
 pub mod record;
 pub mod runtime;
+pub mod sinks;
 pub mod storage;

@@ -420,6 +420,14 @@ impl Exposition {
         for (name, help, kind, value) in storage {
             snapshot.add(name, help, kind, Vec::new(), value as f64);
         }
+        // Sink self-metrics (`<prefix>_opensearch_*`).
+        for metric in store.sink_metrics() {
+            let kind = match metric.kind {
+                crate::sinks::SinkMetricKind::Counter => Kind::Counter,
+                crate::sinks::SinkMetricKind::Gauge => Kind::Gauge,
+            };
+            snapshot.add(metric.name, metric.help, kind, metric.labels, metric.value);
+        }
 
         snapshot.add(
             "build_info",

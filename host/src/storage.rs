@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::config::StorageConfig;
 use crate::hostinfo::HostInfo;
+use crate::sinks::{Sink, SinkMetric};
 
 /// Why a document was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,18 +123,34 @@ struct StoreInner {
     sender: Option<SyncSender<Line>>,
     stats: Arc<StoreStats>,
     ids: IdGenerator,
+    sink: Option<Arc<dyn Sink>>,
 }
 
 impl Store {
     /// Starts the writer thread. With `config.local == false` documents are validated and
     /// counted but not written.
     pub fn start(config: &StorageConfig, data_dir: &Path, host: HostInfo) -> std::io::Result<Self> {
+        Self::start_with_sink(config, data_dir, host, None)
+    }
+
+    /// Like [`Store::start`], and hands every document to `sink`, in save order, after the
+    /// local write (also when the local store is off).
+    pub fn start_with_sink(
+        config: &StorageConfig,
+        data_dir: &Path,
+        host: HostInfo,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> std::io::Result<Self> {
         let dir = data_dir.join("events");
         let stats = Arc::new(StoreStats::default());
-        let sender = if config.local {
-            std::fs::create_dir_all(&dir)?;
+        let sender = if config.local || sink.is_some() {
+            if config.local {
+                std::fs::create_dir_all(&dir)?;
+            }
             let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
             let writer = Writer {
+                local: config.local,
+                sink: sink.clone(),
                 dir: dir.clone(),
                 rotation_bytes: config.rotation_size_mib * 1024 * 1024,
                 max_rotated: config.max_rotated_files,
@@ -156,8 +173,18 @@ impl Store {
                 sender,
                 stats,
                 ids,
+                sink,
             }),
         })
+    }
+
+    /// The sink's self-metrics (empty without a sink).
+    pub fn sink_metrics(&self) -> Vec<SinkMetric> {
+        self.inner
+            .sink
+            .as_ref()
+            .map(|sink| sink.metrics())
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -387,6 +414,10 @@ fn rotated_path(current: &Path, n: u32) -> PathBuf {
 
 /// The single writer: owns the open files and does the rotation.
 struct Writer {
+    /// Write the local NDJSON files.
+    local: bool,
+    /// Receives every line after the local write.
+    sink: Option<Arc<dyn Sink>>,
     dir: PathBuf,
     rotation_bytes: u64,
     max_rotated: u32,
@@ -409,10 +440,12 @@ impl Writer {
             self.stats
                 .queued
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            for line in batch {
-                let buf = pending.entry(line.tracer).or_default();
-                buf.push_str(&line.text);
-                buf.push('\n');
+            if self.local {
+                for line in &batch {
+                    let buf = pending.entry(line.tracer.clone()).or_default();
+                    buf.push_str(&line.text);
+                    buf.push('\n');
+                }
             }
             for (tracer, text) in pending.drain() {
                 let count = text.bytes().filter(|&b| b == b'\n').count() as u64;
@@ -428,6 +461,12 @@ impl Writer {
                         self.files.remove(&tracer);
                     }
                 }
+            }
+            if let Some(sink) = &self.sink {
+                for line in &batch {
+                    sink.accept(&line.text);
+                }
+                sink.flush();
             }
         }
     }

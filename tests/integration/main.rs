@@ -17,6 +17,7 @@ mod events_softirq;
 mod events_softlockup;
 mod hot_reload;
 mod metrics;
+mod opensearch;
 mod record_replay;
 mod security;
 mod store;

@@ -33,6 +33,7 @@ fn non_loopback_ip() -> IpAddr {
 #[test]
 fn mutating_endpoints_are_loopback_only_by_default() {
     let agent = Agent::start("sec", &[plugin_wasm("loadavg")], "");
+    agent.wait_state("loadavg", "running", std::time::Duration::from_secs(10));
     let outside = SocketAddr::new(non_loopback_ip(), agent.addr.port());
     // Reads are open.
     assert_eq!(http(outside, "GET", "/plugins", &[]).unwrap().status, 200);

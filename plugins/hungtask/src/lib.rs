@@ -19,9 +19,6 @@ const TIMEOUT: &str = "/proc/sys/kernel/hung_task_timeout_secs";
 
 /// `enum kp_event_kind` value of hung-task records.
 const KIND_HUNGTASK: u32 = 3;
-/// `enum kp_stat` indexes.
-const STAT_RB_FULL: u32 = 1;
-const STAT_HITS: u32 = 3;
 
 /// `[plugins.hungtask]`.
 #[derive(Debug, Deserialize)]
@@ -171,11 +168,8 @@ impl Hungtask {
         }
     }
 
-    fn stat(&self, object: &bpf::Object, index: u32) -> Result<f64> {
-        Ok(object
-            .lookup("stats", &index.to_le_bytes())?
-            .map(|v| bpf::sum_percpu_u64(&v) as f64)
-            .unwrap_or(0.0))
+    fn stat(&self, object: &bpf::Object, stat: bpf::Stat) -> Result<f64> {
+        Ok(object.stat(stat)? as f64)
     }
 }
 
@@ -262,12 +256,12 @@ impl Collector for Hungtask {
         if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "total",
-                self.stat(object, STAT_HITS)?,
+                self.stat(object, bpf::Stat::Hits)?,
                 "Hung task reports by the kernel (every sched_process_hang, repeats included).",
             ));
             metrics.push(metric::counter(
                 "lost",
-                self.stat(object, STAT_RB_FULL)?,
+                self.stat(object, bpf::Stat::RingFull)?,
                 "Hung task events lost in the kernel (ring buffer full).",
             ));
         }

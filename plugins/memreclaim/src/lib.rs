@@ -25,9 +25,6 @@ const OBJECT: &[u8] = include_bytes!(concat!(
 /// `enum kp_reclaim_source` → document `source` value (and metric label).
 const SOURCES: [&str; 2] = ["direct", "memcg"];
 
-/// Index of `KP_STAT_RB_FULL` in the object's per-CPU `stats` map.
-const STAT_RB_FULL: u32 = 1;
-
 /// `[plugins.memreclaim]`.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,12 +190,10 @@ impl Collector for Memreclaim {
                 .label("source", *source)
             })
             .collect();
-        if let Some(object) = &self.object
-            && let Some(value) = object.lookup("stats", &STAT_RB_FULL.to_le_bytes())?
-        {
+        if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "lost",
-                bpf::sum_percpu_u64(&value) as f64,
+                object.stat(bpf::Stat::RingFull)? as f64,
                 "Reclaim stalls lost because the ring buffer was full.",
             ));
         }

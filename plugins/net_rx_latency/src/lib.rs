@@ -14,12 +14,10 @@
 //! gets `mono_wall_offset` (REALTIME − MONOTONIC) at load; a timer re-checks it every
 //! minute and reloads the object after a wall-clock step.
 //!
-//! Limitation: the kernel fills `skb->tstamp` only while some socket has asked for RX
+//! Timestamps: the kernel fills `skb->tstamp` only while some socket has asked for RX
 //! software timestamps (HUATUO keeps an `SO_TIMESTAMPING` socket open for that). A wasm
-//! guest has no sockets, and the host does not keep one yet, so unless another process on
-//! the machine enables timestamps, most packets carry no timestamp and are not measured
-//! (TCP over loopback included: `ip_local_deliver` re-stamps the skb only when timestamps
-//! are enabled). See `ebpf/README.md`.
+//! guest has no sockets, so the plugin declares the `rx-timestamps` capability and the host
+//! keeps such a socket open while the plugin runs. See `ebpf/README.md`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -46,8 +44,6 @@ const STAGES: [&str; 3] = ["RX_STAGE_NETIF", "RX_STAGE_TCPV4", "RX_STAGE_USERCOP
 const F_IPV4: u8 = 1;
 /// `KP_RX_F_TCP`: ports, sequence numbers are valid.
 const F_TCP: u8 = 2;
-/// Index of `KP_STAT_RB_FULL` in the object's per-CPU `stats` map.
-const STAT_RB_FULL: u32 = 1;
 /// How often the REALTIME − MONOTONIC offset is re-checked.
 const CLOCK_CHECK: Duration = Duration::from_secs(60);
 /// An offset change above this (a wall-clock step, not NTP slew) reloads the object.
@@ -336,12 +332,10 @@ impl Collector for NetRxLatency {
                 .label("stage", *stage)
             })
             .collect();
-        if let Some(object) = &self.object
-            && let Some(value) = object.lookup("stats", &STAT_RB_FULL.to_le_bytes())?
-        {
+        if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "lost",
-                bpf::sum_percpu_u64(&value) as f64,
+                object.stat(bpf::Stat::RingFull)? as f64,
                 "Slow packets lost because the ring buffer was full (since the last load).",
             ));
         }

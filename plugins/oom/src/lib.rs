@@ -24,10 +24,6 @@ const HAS_UID: u32 = 1 << 2;
 const HAS_PGTABLES: u32 = 1 << 3;
 const HAS_SCORE_ADJ: u32 = 1 << 4;
 const HAS_VICTIM_MEMCG: u32 = 1 << 5;
-/// `enum kp_stat` indexes.
-const STAT_RB_FULL: u32 = 1;
-const STAT_RATELIMITED: u32 = 2;
-const STAT_HITS: u32 = 3;
 /// Distinct victim comms tracked by the `victims` metric; later ones count as "other".
 const MAX_VICTIM_COMMS: usize = 100;
 /// Where cgroup v1 controllers and the cgroup v2 hierarchy are mounted.
@@ -203,11 +199,8 @@ impl Oom {
         *self.victims.entry(key.to_owned()).or_insert(0) += 1;
     }
 
-    fn stat(&self, object: &bpf::Object, index: u32) -> Result<f64> {
-        Ok(object
-            .lookup("stats", &index.to_le_bytes())?
-            .map(|v| bpf::sum_percpu_u64(&v) as f64)
-            .unwrap_or(0.0))
+    fn stat(&self, object: &bpf::Object, stat: bpf::Stat) -> Result<f64> {
+        Ok(object.stat(stat)? as f64)
     }
 }
 
@@ -337,17 +330,17 @@ impl Collector for Oom {
         if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "host",
-                self.stat(object, STAT_HITS)?,
+                self.stat(object, bpf::Stat::Hits)?,
                 "OOM kills on the host (every oom/mark_victim, counted in the kernel).",
             ));
             metrics.push(metric::counter(
                 "ratelimited",
-                self.stat(object, STAT_RATELIMITED)?,
+                self.stat(object, bpf::Stat::RateLimited)?,
                 "OOM kills not reported as events because of max_events_per_second.",
             ));
             metrics.push(metric::counter(
                 "lost",
-                self.stat(object, STAT_RB_FULL)?,
+                self.stat(object, bpf::Stat::RingFull)?,
                 "OOM kill events lost in the kernel (ring buffer full).",
             ));
         }

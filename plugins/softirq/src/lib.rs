@@ -23,8 +23,6 @@ const VEC_NAMES: [&str; 10] = [
 ];
 /// Latency zones of `enum kp_softirq_zone`.
 const ZONES: u32 = 4;
-/// `enum kp_stat` index of records lost because the ring buffer was full.
-const STAT_RB_FULL: u32 = 1;
 
 /// `[plugins.softirq]`.
 #[derive(Debug, Deserialize)]
@@ -241,13 +239,11 @@ impl Collector for Softirq {
         let Some(object) = &self.object else {
             return Ok(metrics);
         };
-        if let Some(value) = object.lookup("stats", &STAT_RB_FULL.to_le_bytes())? {
-            metrics.push(metric::counter(
-                "lost",
-                bpf::sum_percpu_u64(&value) as f64,
-                "Softirq latency events lost in the kernel (ring buffer full).",
-            ));
-        }
+        metrics.push(metric::counter(
+            "lost",
+            object.stat(bpf::Stat::RingFull)? as f64,
+            "Softirq latency events lost in the kernel (ring buffer full).",
+        ));
         for (key, value) in object.entries("softirq_zones")? {
             let Some(index) = key_u32(&key) else {
                 continue;

@@ -22,8 +22,6 @@ const OBJECT: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../ebpf/build/softlockup.bpf.o"
 ));
-/// Index of `KP_STAT_RB_FULL` in the object's per-CPU `stats` map.
-const STAT_RB_FULL: u32 = 1;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// `[plugins.softlockup]`.
@@ -227,12 +225,10 @@ impl Collector for Softlockup {
                 "Soft lockup reports not saved because of the storage back-off.",
             ),
         ];
-        if let Some(object) = &self.object
-            && let Some(value) = object.lookup("stats", &STAT_RB_FULL.to_le_bytes())?
-        {
+        if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "lost",
-                bpf::sum_percpu_u64(&value) as f64,
+                object.stat(bpf::Stat::RingFull)? as f64,
                 "Soft lockup reports lost because the ring buffer was full.",
             ));
         }

@@ -7,7 +7,9 @@ use kpulse_sdk::prelude::*;
 struct Bench;
 
 kpulse_sdk::register!(Bench {
-    name: "benchxx0",
+    // black_box keeps the name as bytes in the data segment (instead of an immediate
+    // store), so the bench command can patch it.
+    name: std::hint::black_box("benchxx0"),
     version: "0.1.0",
     interval: 10,
     kinds: [metric],

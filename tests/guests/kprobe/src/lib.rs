@@ -2,7 +2,6 @@
 //! answer with a typed `not-supported` error, which the guest reports as a metric and then
 //! falls back to the tracepoint, as a real collector would.
 
-use kpulse_sdk::bindings::kpulse::plugin::types::ErrorCode;
 use kpulse_sdk::bpf::{self, Attach};
 use kpulse_sdk::prelude::*;
 
@@ -44,13 +43,7 @@ impl Tracing for Kprobe {
         match object.attach("kfree_skb", Attach::Kprobe("kfree_skb_reason".to_owned())) {
             Ok(()) => {}
             Err(err) => {
-                self.kprobe_not_supported = matches!(
-                    err,
-                    Error::Host {
-                        code: ErrorCode::NotSupported,
-                        ..
-                    }
-                );
+                self.kprobe_not_supported = err.is_not_supported();
                 log::info(&format!("kprobe refused: {err}"));
                 self.kprobe_error = Some(err.to_string());
                 object.attach("kfree_skb", Attach::tracepoint("skb", "kfree_skb"))?;
