@@ -279,6 +279,7 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         "summary": info.summary,
         "capabilities": capabilities,
         "imports": imports,
+        "bpf_objects": crate::bpf::embedded_objects(&std::fs::read(file)?),
         "valid": validate(&info).err().map_or_else(|| json!(true), |e| json!(e)),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -36,6 +36,26 @@ fn inspect_shows_description_and_capabilities() {
             .any(|i| i == "kpulse:plugin/fs@0.1.0")
     );
 
+    let dropwatch = Command::new(kpulse_bin())
+        .args(["plugins", "inspect"])
+        .arg(plugin_wasm("dropwatch"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&dropwatch.stdout).unwrap();
+    assert_eq!(
+        report["bpf_objects"][0]["programs"],
+        serde_json::json!(["tracepoint/skb/kfree_skb"]),
+        "{report}"
+    );
+    assert!(
+        report["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["capability"] == "bpf" && c["status"] == "granted by the default policy")
+    );
+    assert_eq!(report_without_bpf(), serde_json::json!([]));
+
     let escaper = Command::new(kpulse_bin())
         .args(["plugins", "inspect"])
         .arg(guest_wasm("escaper"))
@@ -87,4 +107,15 @@ fn validate_accepts_plugins_and_rejects_garbage() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+/// `inspect` of a plugin without BPF lists no objects.
+fn report_without_bpf() -> serde_json::Value {
+    let output = Command::new(kpulse_bin())
+        .args(["plugins", "inspect"])
+        .arg(plugin_wasm("loadavg"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["bpf_objects"].clone()
 }
