@@ -482,23 +482,25 @@ async fn read_ring(
             last_stats = tokio::time::Instant::now();
             // Add what changed since the last look, so several objects (or a reloaded one)
             // accumulate instead of overwriting each other.
-            if let Some(lost) = sum_percpu_u64(stats.as_fd(), 1) {
-                let delta = lost.saturating_sub(seen_ring_full);
-                delivery
-                    .stats
-                    .bpf_ring_full
-                    .fetch_add(delta, Ordering::Relaxed);
-                seen_ring_full = lost;
-            }
-            if let Some(limited) = sum_percpu_u64(stats.as_fd(), 2) {
-                let delta = limited.saturating_sub(seen_rate_limited);
-                delivery
-                    .stats
-                    .bpf_rate_limited
-                    .fetch_add(delta, Ordering::Relaxed);
-                seen_rate_limited = limited;
-            }
+            add_growth(
+                &delivery.stats.bpf_ring_full,
+                &mut seen_ring_full,
+                sum_percpu_u64(stats.as_fd(), 1),
+            );
+            add_growth(
+                &delivery.stats.bpf_rate_limited,
+                &mut seen_rate_limited,
+                sum_percpu_u64(stats.as_fd(), 2),
+            );
         }
+    }
+}
+
+/// Adds to `total` how much a kernel counter grew since it was last `seen`.
+fn add_growth(total: &std::sync::atomic::AtomicU64, seen: &mut u64, now: Option<u64>) {
+    if let Some(now) = now {
+        total.fetch_add(now.saturating_sub(*seen), Ordering::Relaxed);
+        *seen = now;
     }
 }
 

@@ -477,13 +477,15 @@ impl Sink for OpenSearchSink {
     }
 
     fn metrics(&self) -> Vec<SinkMetric> {
-        let counter = |name, help, value: u64| SinkMetric {
+        let metric = |kind, name, help, value: f64| SinkMetric {
             name,
             help,
-            kind: SinkMetricKind::Counter,
+            kind,
             labels: Vec::new(),
-            value: value as f64,
+            value,
         };
+        let counter =
+            |name, help, value: u64| metric(SinkMetricKind::Counter, name, help, value as f64);
         let s = &self.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let dropped = |reason: &str, value: u64| SinkMetric {
@@ -517,20 +519,18 @@ impl Sink for OpenSearchSink {
             dropped("spool_full", load(&self.spool.dropped_full)),
             dropped("spool_evicted", load(&self.spool.dropped_evicted)),
             dropped("spool_io", load(&self.spool.dropped_io)),
-            SinkMetric {
-                name: "opensearch_spooled",
-                help: "Documents in the OpenSearch spool waiting for the cluster.",
-                kind: SinkMetricKind::Gauge,
-                labels: Vec::new(),
-                value: self.spool.waiting() as f64,
-            },
-            SinkMetric {
-                name: "opensearch_spooled_bytes",
-                help: "Bytes in the OpenSearch spool waiting for the cluster.",
-                kind: SinkMetricKind::Gauge,
-                labels: Vec::new(),
-                value: self.spool.waiting_bytes() as f64,
-            },
+            metric(
+                SinkMetricKind::Gauge,
+                "opensearch_spooled",
+                "Documents in the OpenSearch spool waiting for the cluster.",
+                self.spool.waiting() as f64,
+            ),
+            metric(
+                SinkMetricKind::Gauge,
+                "opensearch_spooled_bytes",
+                "Bytes in the OpenSearch spool waiting for the cluster.",
+                self.spool.waiting_bytes() as f64,
+            ),
             counter(
                 "opensearch_bulk_requests",
                 "Bulk requests sent.",
@@ -546,20 +546,18 @@ impl Sink for OpenSearchSink {
                 "Bytes of bulk request bodies sent.",
                 load(&s.bulk_bytes),
             ),
-            SinkMetric {
-                name: "opensearch_bulk_seconds",
-                help: "Total time spent in bulk requests (divide by bulk_requests_total for the mean).",
-                kind: SinkMetricKind::Counter,
-                labels: Vec::new(),
-                value: load(&s.bulk_micros) as f64 / 1e6,
-            },
-            SinkMetric {
-                name: "opensearch_bulk_duration_seconds",
-                help: "Duration of the last bulk request.",
-                kind: SinkMetricKind::Gauge,
-                labels: Vec::new(),
-                value: load(&s.bulk_last_micros) as f64 / 1e6,
-            },
+            metric(
+                SinkMetricKind::Counter,
+                "opensearch_bulk_seconds",
+                "Total time spent in bulk requests (divide by bulk_requests_total for the mean).",
+                load(&s.bulk_micros) as f64 / 1e6,
+            ),
+            metric(
+                SinkMetricKind::Gauge,
+                "opensearch_bulk_duration_seconds",
+                "Duration of the last bulk request.",
+                load(&s.bulk_last_micros) as f64 / 1e6,
+            ),
         ]
     }
 }
