@@ -75,19 +75,23 @@ static __always_inline void kp_stat_inc(void *stats_map, __u32 idx)
 /*
  * Default per-record wakeups dominate the cost of a busy ring buffer (see
  * platform findings: 34k wakeups/s, 722 ns/event).  Submit with
- * BPF_RB_NO_WAKEUP unless at least KP_RB_WAKEUP_BYTES are already waiting,
- * then force a wakeup.  The host MUST also drain on a timer (e.g. every
- * 10 ms), otherwise a trickle of records below the threshold is never seen.
+ * BPF_RB_NO_WAKEUP unless a quarter of the ring (1/KP_RB_WAKEUP_DIVISOR) is
+ * already waiting, then force a wakeup.  The host drains on a 10 ms timer
+ * anyway, so a wakeup only matters when the ring would fill before that
+ * timer fires; waking earlier just splits the data into more, smaller
+ * batches, and each batch costs the host a guest call.  The host MUST drain on
+ * a timer, otherwise a trickle of records below the threshold is never seen.
  */
-#ifndef KP_RB_WAKEUP_BYTES
-#define KP_RB_WAKEUP_BYTES (64 * 1024)
+#ifndef KP_RB_WAKEUP_DIVISOR
+#define KP_RB_WAKEUP_DIVISOR 4
 #endif
 
 static __always_inline __u64 kp_rb_wakeup_flags(void *ringbuf_map)
 {
 	__u64 avail = bpf_ringbuf_query(ringbuf_map, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(ringbuf_map, BPF_RB_RING_SIZE);
 
-	return avail >= KP_RB_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	return avail >= size / KP_RB_WAKEUP_DIVISOR ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline void kp_rb_submit(void *rec, void *ringbuf_map)

@@ -14,11 +14,32 @@ use crate::bindings::kpulse::plugin::bpf as raw;
 use crate::error::{Error, Result};
 
 pub use raw::AttachPoint as Attach;
+pub use raw::UprobeTarget;
 
 impl Attach {
     /// `tracepoint/<category>/<name>`.
     pub fn tracepoint(category: &str, name: &str) -> Self {
         Attach::Tracepoint((category.to_owned(), name.to_owned()))
+    }
+
+    /// Entry of function `symbol` in the ELF file `binary` (absolute path), in every process.
+    pub fn uprobe(binary: &str, symbol: &str) -> Self {
+        Attach::Uprobe(UprobeTarget {
+            binary: binary.to_owned(),
+            symbol: symbol.to_owned(),
+            offset: 0,
+            pid: None,
+        })
+    }
+
+    /// Return of function `symbol` in the ELF file `binary`, in every process.
+    pub fn uretprobe(binary: &str, symbol: &str) -> Self {
+        Attach::Uretprobe(UprobeTarget {
+            binary: binary.to_owned(),
+            symbol: symbol.to_owned(),
+            offset: 0,
+            pid: None,
+        })
     }
 }
 
@@ -77,6 +98,20 @@ impl Object {
     /// subscription id.
     pub fn subscribe(&self, map: &str) -> Result<u64> {
         self.0.subscribe_ring_buffer(map).map_err(host_error)
+    }
+
+    /// The same for a perf event array map (`bpf_perf_event_output`), with
+    /// `pages_per_cpu` pages (a power of two) of buffer per online CPU. Each record keeps
+    /// the kernel's alignment padding at its end.
+    pub fn subscribe_perf_event_array(&self, map: &str, pages_per_cpu: u32) -> Result<u64> {
+        self.0
+            .subscribe_perf_event_array(map, pages_per_cpu)
+            .map_err(host_error)
+    }
+
+    /// Detaches and unloads one program; the object's maps and other programs stay.
+    pub fn detach(&self, program: &str) -> Result<()> {
+        self.0.detach(program).map_err(host_error)
     }
 
     /// A map value by key (per-CPU maps: every CPU's value, concatenated, 8-byte aligned).
@@ -139,15 +174,28 @@ pub fn sum_percpu_u64(value: &[u8]) -> u64 {
         .sum()
 }
 
-/// A batch of records, each prefixed by its length (little-endian u32).
+/// A batch of records in the BPF ring buffer's layout: each record is a little-endian u32
+/// length (bit 30 set: skip the record), a reserved u32, the bytes, and padding to a
+/// multiple of 8. Iterating yields the records that are not skipped.
 #[derive(Debug, Clone, Copy)]
 pub struct Records<'a> {
     rest: &'a [u8],
 }
 
+/// Bit 30 of a record's length word: a discarded record to skip.
+const SKIP_BIT: u32 = 1 << 30;
+
 impl<'a> Records<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         Self { rest: bytes }
+    }
+
+    /// Appends one record to `batch` in this layout (for tests and replay tools).
+    pub fn push(batch: &mut Vec<u8>, record: &[u8]) {
+        batch.extend_from_slice(&(record.len() as u32 & (SKIP_BIT - 1)).to_le_bytes());
+        batch.extend_from_slice(&[0; 4]);
+        batch.extend_from_slice(record);
+        batch.resize(batch.len().next_multiple_of(8), 0);
     }
 }
 
@@ -155,12 +203,17 @@ impl<'a> Iterator for Records<'a> {
     type Item = Record<'a>;
 
     fn next(&mut self) -> Option<Record<'a>> {
-        let len_bytes = self.rest.get(..4)?;
-        let len =
-            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
-        let body = self.rest.get(4..4 + len)?;
-        self.rest = &self.rest[4 + len..];
-        Some(Record(body))
+        loop {
+            let header = self.rest.get(..8)?;
+            let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let len = (word & (SKIP_BIT - 1)) as usize;
+            let body = self.rest.get(8..8 + len)?;
+            let step = (8 + len).next_multiple_of(8).min(self.rest.len());
+            self.rest = &self.rest[step..];
+            if word & SKIP_BIT == 0 {
+                return Some(Record(body));
+            }
+        }
     }
 }
 
@@ -265,11 +318,13 @@ mod tests {
     #[test]
     fn records_iterate_and_tolerate_truncation() {
         let mut bytes = Vec::new();
-        for payload in [&b"abcd"[..], &b"xy"[..]] {
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(payload);
-        }
+        Records::push(&mut bytes, b"abcd");
+        Records::push(&mut bytes, b"skipped");
+        let skipped_at = 16;
+        bytes[skipped_at + 3] |= 0x40; // bit 30: discarded reservation
+        Records::push(&mut bytes, b"xy");
         bytes.extend_from_slice(&100u32.to_le_bytes()); // truncated trailing record
+        bytes.extend_from_slice(&[0; 4]);
         let records: Vec<_> = Records::new(&bytes).collect();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].u32_at(0), u32::from_le_bytes(*b"abcd"));

@@ -453,6 +453,41 @@ impl HostState {
         })
     }
 
+    fn object_mut(
+        &mut self,
+        handle: &Resource<BpfObject>,
+    ) -> Result<&mut BpfObject, bpf::BpfError> {
+        self.table.get_mut(handle).map_err(|err| bpf::BpfError {
+            code: ErrorCode::InvalidArgument,
+            message: format!("bad object handle: {err}"),
+        })
+    }
+
+    /// Starts a ring-buffer or perf-array reader that delivers to this instance's mailbox.
+    fn subscribe(
+        &mut self,
+        handle: Resource<BpfObject>,
+        start: impl FnOnce(&mut BpfObject, u64, Delivery) -> Result<(), crate::bpf::BpfError>,
+    ) -> Result<u64, bpf::BpfError> {
+        self.bpf_allowed()?;
+        let Some((mailbox, incarnation)) = self.timers.mailbox.clone() else {
+            return Err(bpf::BpfError {
+                code: ErrorCode::NotSupported,
+                message: "this instance cannot receive events".to_owned(),
+            });
+        };
+        let delivery = Delivery {
+            mailbox,
+            incarnation,
+            runtime: self.services.runtime.clone(),
+            stats: self.identity.stats.clone(),
+        };
+        let subscription = self.next_subscription;
+        start(self.object_mut(&handle)?, subscription, delivery).map_err(to_wit)?;
+        self.next_subscription += 1;
+        Ok(subscription)
+    }
+
     fn object(&self, handle: &Resource<BpfObject>) -> Result<&BpfObject, bpf::BpfError> {
         self.table.get(handle).map_err(|err| bpf::BpfError {
             code: ErrorCode::InvalidArgument,
@@ -524,13 +559,11 @@ impl bpf::HostObject for HostState {
             bpf::AttachPoint::Fentry(f) => AttachPoint::Fentry(f),
             bpf::AttachPoint::Fexit(f) => AttachPoint::Fexit(f),
             bpf::AttachPoint::PerfCpuClock(hz) => AttachPoint::PerfCpuClock(hz),
+            bpf::AttachPoint::Uprobe(t) => AttachPoint::Uprobe(uprobe_target(t)),
+            bpf::AttachPoint::Uretprobe(t) => AttachPoint::Uretprobe(uprobe_target(t)),
         };
         let name = self.identity.name.clone();
-        let object = self.table.get_mut(&handle).map_err(|err| bpf::BpfError {
-            code: ErrorCode::InvalidArgument,
-            message: format!("bad object handle: {err}"),
-        })?;
-        object.attach(&program, &point).map_err(|err| {
+        self.object_mut(&handle)?.attach(&program, &point).map_err(|err| {
             tracing::warn!(plugin = %name, %program, ?point, error = %err.message, "BPF attach failed");
             to_wit(err)
         })
@@ -541,29 +574,29 @@ impl bpf::HostObject for HostState {
         handle: Resource<BpfObject>,
         map: String,
     ) -> Result<u64, bpf::BpfError> {
+        self.subscribe(handle, |object, subscription, delivery| {
+            object.subscribe(&map, subscription, delivery)
+        })
+    }
+
+    fn subscribe_perf_event_array(
+        &mut self,
+        handle: Resource<BpfObject>,
+        map: String,
+        pages_per_cpu: u32,
+    ) -> Result<u64, bpf::BpfError> {
+        self.subscribe(handle, |object, subscription, delivery| {
+            object.subscribe_perf(&map, pages_per_cpu, subscription, delivery)
+        })
+    }
+
+    fn detach(
+        &mut self,
+        handle: Resource<BpfObject>,
+        program: String,
+    ) -> Result<(), bpf::BpfError> {
         self.bpf_allowed()?;
-        let Some((mailbox, incarnation)) = self.timers.mailbox.clone() else {
-            return Err(bpf::BpfError {
-                code: ErrorCode::NotSupported,
-                message: "this instance cannot receive events".to_owned(),
-            });
-        };
-        let delivery = Delivery {
-            mailbox,
-            incarnation,
-            runtime: self.services.runtime.clone(),
-            stats: self.identity.stats.clone(),
-        };
-        let subscription = self.next_subscription;
-        let object = self.table.get_mut(&handle).map_err(|err| bpf::BpfError {
-            code: ErrorCode::InvalidArgument,
-            message: format!("bad object handle: {err}"),
-        })?;
-        object
-            .subscribe(&map, subscription, delivery)
-            .map_err(to_wit)?;
-        self.next_subscription += 1;
-        Ok(subscription)
+        self.object_mut(&handle)?.detach(&program).map_err(to_wit)
     }
 
     fn lookup(
@@ -613,6 +646,15 @@ impl bpf::HostObject for HostState {
             .bpf_objects
             .fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+fn uprobe_target(target: bpf::UprobeTarget) -> crate::bpf::UprobeTarget {
+    crate::bpf::UprobeTarget {
+        binary: target.binary,
+        symbol: target.symbol,
+        offset: target.offset,
+        pid: target.pid,
     }
 }
 

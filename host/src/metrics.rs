@@ -254,7 +254,7 @@ impl Exposition {
         for handle in handles {
             let name = &handle.spec.info.name;
             let stats = &handle.stats;
-            let counters: [(&str, &str, u64); 17] = [
+            let counters: [(&str, &str, u64); 18] = [
                 (
                     "plugin_bpf_records",
                     "Ring-buffer records delivered to the plugin.",
@@ -269,6 +269,11 @@ impl Exposition {
                     "plugin_bpf_rate_limited",
                     "Records the plugin's BPF programs suppressed by their rate limit.",
                     stats.bpf_rate_limited.load(Ordering::Relaxed),
+                ),
+                (
+                    "plugin_bpf_perf_lost",
+                    "Samples lost because a perf event array buffer of the plugin was full.",
+                    stats.bpf_perf_lost.load(Ordering::Relaxed),
                 ),
                 (
                     "plugin_bpf_denied",

@@ -8,15 +8,16 @@
 //!
 //! File format: the magic `KPREC001`, a little-endian u32 length and that many bytes of JSON
 //! metadata, then one frame per batch: u64 nanoseconds since the recording started, u64
-//! subscription id, u32 byte length, and the batch bytes (length-prefixed records, exactly
-//! as `on-events` receives them).
+//! subscription id, u32 byte length, and the batch bytes (records in the ring-buffer layout,
+//! exactly as `on-events` receives them).
 
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
-const MAGIC: &[u8; 8] = b"KPREC001";
+/// Version 2: batches in the ring-buffer layout (version 1 had u32-length-prefixed records).
+const MAGIC: &[u8; 8] = b"KPREC002";
 
 /// Appends batches to a recording file. Shared by the actor threads of a mini-agent.
 pub struct Recorder {
@@ -127,19 +128,20 @@ pub fn read(path: &Path) -> Result<(serde_json::Value, Vec<Frame>), String> {
     Ok((meta, frames))
 }
 
-/// Records in a batch (length-prefixed).
+/// Records in a batch that are not marked skipped (see `bpf/batch.rs` for the layout).
 pub fn count_records(batch: &[u8]) -> usize {
     let mut at = 0;
     let mut count = 0;
-    while let Some(len) = batch
+    while let Some(word) = batch
         .get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     {
-        if batch.len() < at + 4 + len {
+        let len = (word & (crate::bpf::SKIP_BIT - 1)) as usize;
+        if batch.len() < at + 8 + len {
             break;
         }
-        at += 4 + len;
-        count += 1;
+        at += (8 + len).next_multiple_of(8);
+        count += usize::from(word & crate::bpf::SKIP_BIT == 0);
     }
     count
 }

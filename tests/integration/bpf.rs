@@ -9,6 +9,11 @@ use kpulse_integration_tests::{Agent, guest_wasm, plugin_wasm, sample, sample_wi
 
 /// Ids of the kernel's BPF programs and links named `kfree_skb` (dropwatch's program).
 fn kernel_objects() -> (Vec<u64>, Vec<u64>) {
+    kernel_objects_named("kfree_skb")
+}
+
+/// Ids of the kernel's BPF programs named `name` and of the links that use them.
+fn kernel_objects_named(name: &str) -> (Vec<u64>, Vec<u64>) {
     let list = |what: &str| -> serde_json::Value {
         let output = Command::new("bpftool")
             .args(["-j", what, "show"])
@@ -26,7 +31,7 @@ fn kernel_objects() -> (Vec<u64>, Vec<u64>) {
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter(|p| p["name"] == "kfree_skb")
+        .filter(|p| p["name"] == name)
         .filter_map(|p| p["id"].as_u64())
         .collect();
     let links: Vec<u64> = list("link")
@@ -205,4 +210,134 @@ fn missing_kernel_features_are_typed_not_supported() {
                 .contains("kprobes are not supported by this kernel")
         );
     }
+}
+
+/// The uprobe attach kind, perf event array reading and `detach`, on the real kernel: a
+/// uprobe on libc's `getsid` reports each call through a perf event array; after five
+/// samples the guest detaches the program, the kernel program disappears and later calls
+/// are no longer counted.
+#[test]
+fn uprobe_samples_arrive_through_a_perf_array_until_detached() {
+    let _serial = kpulse_integration_tests::getsid_probe_lock();
+    let libc_path = kpulse_integration_tests::libc_path();
+    // A pid that does not exist: getsid fails with ESRCH, but the probe sees the argument.
+    const ARGUMENT: i32 = 0x3ff_f7a1;
+    let config = format!(
+        "[policy]\nbpf_allow = [\"uprobe\"]\n\n[plugins.uprobe]\nbinary = {libc_path:?}\nsymbol = \"getsid\"\ndetach_after = 5\n"
+    );
+    let agent = Agent::start("uprobe", &[guest_wasm("uprobe")], &config);
+    agent.wait_state("uprobe", "running", Duration::from_secs(20));
+    let (programs, links) = kernel_objects_named("on_getsid");
+    assert_eq!(
+        programs.len(),
+        1,
+        "one uprobe program loaded: {}",
+        agent.log()
+    );
+    assert_eq!(links.len(), 1, "one link for it: {links:?}");
+
+    let call_getsid = |times: usize| {
+        for _ in 0..times {
+            // SAFETY: getsid has no memory-safety preconditions.
+            #[allow(unsafe_code, reason = "calling the probed libc function")]
+            unsafe {
+                libc::getsid(ARGUMENT);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    call_getsid(5);
+    let metrics = wait_for(
+        Duration::from_secs(10),
+        "five samples and the detach",
+        || {
+            let m = agent.metrics();
+            (sample(&m, "kpulse_uprobe_samples_total{").unwrap_or(0.0) >= 5.0
+                && sample(&m, "kpulse_uprobe_detached{") == Some(1.0))
+            .then_some(m)
+        },
+    );
+    assert_eq!(
+        sample(&metrics, "kpulse_uprobe_last_argument{"),
+        Some(f64::from(ARGUMENT)),
+        "the probe read getsid's first argument"
+    );
+    assert_eq!(
+        sample(&metrics, "kpulse_uprobe_bad_samples_total{"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample_with(
+            &metrics,
+            "kpulse_plugin_bpf_perf_lost_total",
+            "plugin=\"uprobe\""
+        ),
+        Some(0.0)
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the detached program to leave the kernel",
+        || kernel_objects_named("on_getsid").0.is_empty().then_some(()),
+    );
+    let seen = sample(&agent.metrics(), "kpulse_uprobe_samples_total{").unwrap_or(0.0);
+    call_getsid(20);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sample(&agent.metrics(), "kpulse_uprobe_samples_total{"),
+        Some(seen),
+        "calls after the detach are not seen"
+    );
+}
+
+/// A plugin that traps while it holds a BPF object leaves nothing in the kernel: each
+/// incarnation loads and attaches a uprobe program and then panics on its first samples;
+/// after two traps it is quarantined, and no program or link of it remains.
+#[test]
+fn trapped_and_quarantined_plugins_leave_no_bpf_behind() {
+    let _serial = kpulse_integration_tests::getsid_probe_lock();
+    let libc_path = kpulse_integration_tests::libc_path();
+    let config = format!(
+        "[runtime]\nquarantine_after = 2\n[policy]\nbpf_allow = [\"uprobe\"]\n\n[plugins.uprobe]\nbinary = {libc_path:?}\nsymbol = \"getsid\"\npanic_after = 1\n"
+    );
+    let agent = Agent::start("uprobe-trap", &[guest_wasm("uprobe")], &config);
+    agent.wait_state("uprobe", "running", Duration::from_secs(20));
+    assert_eq!(kernel_objects_named("on_getsid").0.len(), 1);
+    // Keep calling the probed function until both incarnations have trapped.
+    wait_for(
+        Duration::from_secs(20),
+        "the plugin to be quarantined",
+        || {
+            // SAFETY: getsid has no memory-safety preconditions.
+            #[allow(unsafe_code, reason = "calling the probed libc function")]
+            unsafe {
+                libc::getsid(0x3ff_f7a2);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            agent
+                .plugins()
+                .iter()
+                .any(|p| p["name"] == "uprobe" && p["state"] == "quarantined")
+                .then_some(())
+        },
+    );
+    let (programs, links) = kernel_objects_named("on_getsid");
+    assert!(
+        programs.is_empty() && links.is_empty(),
+        "quarantined plugin left programs {programs:?} and links {links:?}"
+    );
+    let metrics = agent.metrics();
+    assert!(
+        sample_with(&metrics, "kpulse_plugin_traps_total", "plugin=\"uprobe\"").unwrap_or(0.0)
+            >= 2.0,
+        "{metrics}"
+    );
+    let plugins = agent.plugins();
+    let view = plugins.iter().find(|p| p["name"] == "uprobe").unwrap();
+    assert!(
+        view["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("planned trap"),
+        "{view}"
+    );
 }

@@ -38,8 +38,8 @@ pub enum Call {
     Events {
         incarnation: u64,
         subscription: u64,
-        records: Vec<u8>,
-        done: oneshot::Sender<Vec<u8>>,
+        records: crate::bpf::Batch,
+        done: oneshot::Sender<crate::bpf::Batch>,
     },
     /// Finish the call in flight, then drop the instance.
     Stop,
@@ -454,14 +454,22 @@ impl IncarnationContext {
                     if incarnation != self.incarnation && incarnation != 0 {
                         continue;
                     }
-                    if let Some(recorder) = &self.services.recorder {
-                        recorder.write(subscription, &records);
-                    }
-                    store.set_epoch_deadline(ticks);
-                    let result = plugin.call_on_events(&mut store, subscription, &records);
+                    let recorder = self.services.recorder.as_ref();
+                    let outcome = records.with_bytes(|bytes| {
+                        if let Some(recorder) = recorder {
+                            recorder.write(subscription, bytes);
+                        }
+                        store.set_epoch_deadline(ticks);
+                        plugin.call_on_events(&mut store, subscription, bytes)
+                    });
                     let mut records = records;
-                    records.clear();
+                    if let crate::bpf::Batch::Owned(buffer) = &mut records {
+                        buffer.clear();
+                    }
                     let _ = done.send(records);
+                    let Some(result) = outcome else {
+                        continue; // nothing committed in the ring yet
+                    };
                     ("on-events", result)
                 }
             };

@@ -164,7 +164,7 @@ impl PluginHandle {
             .send(Call::Events {
                 incarnation: 0,
                 subscription,
-                records,
+                records: crate::bpf::Batch::Owned(records),
                 done,
             })
             .map_err(|_| "plugin is gone".to_owned())?;

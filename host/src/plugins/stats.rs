@@ -41,6 +41,8 @@ pub struct PluginStats {
     pub bpf_ring_full: AtomicU64,
     /// Records the BPF side's rate limit suppressed (its `stats[2]`).
     pub bpf_rate_limited: AtomicU64,
+    /// Samples the kernel could not store in a perf event array buffer (PERF_RECORD_LOST).
+    pub bpf_perf_lost: AtomicU64,
     /// BPF requests refused by policy.
     pub bpf_denied: AtomicU64,
     /// Duration of the last `update`, in nanoseconds.

@@ -244,6 +244,26 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Exact on-CPU time of each live thread of `pid`, summed by thread name, in nanoseconds
+/// (`/proc/PID/task/*/schedstat`: the scheduler's own runtime, not tick samples, so it is
+/// comparable with CLOCK_THREAD_CPUTIME_ID of the native reader).
+fn thread_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let runtime = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_owned()).or_insert(0) += runtime;
+    }
+    by_name
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: f64 = status
@@ -462,16 +482,28 @@ fn ringbuf() {
         };
         let pid = agent.child.id();
         let (r0, d0) = read(&agent);
-        let c0 = proc_cpu_seconds(pid);
+        let c0 = thread_cpu_ns(pid);
         std::thread::sleep(Duration::from_secs(seconds));
         let (r1, d1) = read(&agent);
-        let cpu = proc_cpu_seconds(pid) - c0;
-        let records = r1 - r0;
+        let c1 = thread_cpu_ns(pid);
+        let records = (r1 - r0).max(1.0);
+        let used = |pick: &dyn Fn(&str) -> bool| -> f64 {
+            c1.iter()
+                .filter(|(name, _)| pick(name))
+                .map(|(name, end)| end.saturating_sub(c0.get(name).copied().unwrap_or(0)) as f64)
+                .sum::<f64>()
+        };
+        let total = used(&|_| true);
+        let reader = used(&|n| n.starts_with("tokio-rt"));
+        let guest = used(&|n| n.starts_with("plugin-"));
         println!(
-            "| kpulse host → wasm guest (whole agent process) | {label} | {:.0} | {:.1} % | {:.0} | {:.0} |",
+            "| kpulse host → wasm guest (whole agent process) | {label} | {:.0} | {:.1} % | {:.0} (reader {:.0}, guest {:.0}, other {:.0}) | {:.0} |",
             records / seconds as f64,
-            cpu / seconds as f64 * 100.0,
-            cpu * 1e9 / records.max(1.0),
+            total / 1e9 / seconds as f64 * 100.0,
+            total / records,
+            reader / records,
+            guest / records,
+            (total - reader - guest) / records,
             d1 - d0
         );
         drop(agent);

@@ -11,28 +11,39 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{Map, MapData};
 use aya::programs::{
-    BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
+    BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint, UProbe,
     perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    uprobe::{UProbeAttachLocation, UProbeScope},
 };
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::plugins::actor::Call;
 use crate::plugins::stats::PluginStats;
 use crate::runtime::ErrorCode;
 
+mod batch;
+mod inspect;
+mod kallsyms;
+mod perf;
+mod ring;
+mod sys;
+
+pub use batch::{Batch, SKIP_BIT, push_record};
+pub use inspect::{EmbeddedObject, embedded_objects};
+pub use kallsyms::symbolize;
+
 /// Records per batch delivered to a guest.
 pub const MAX_BATCH_RECORDS: usize = 32_768;
 /// Bytes per batch delivered to a guest.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a ring buffer is drained even without a wake-up (the BPF side only wakes the
-/// reader once 64 KiB are pending, so a quiet buffer is drained by this timer).
+/// reader once a quarter of the ring is pending, so a quiet buffer is drained by this timer).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Entries returned by one `entries` call.
 const MAX_MAP_ENTRIES: usize = 65_536;
@@ -72,6 +83,20 @@ pub enum AttachPoint {
     Fentry(String),
     Fexit(String),
     PerfCpuClock(u64),
+    Uprobe(UprobeTarget),
+    Uretprobe(UprobeTarget),
+}
+
+/// Where a uprobe goes: a function (plus offset) in an ELF file, optionally one process.
+#[derive(Debug, Clone)]
+pub struct UprobeTarget {
+    /// Absolute path of the binary or shared library.
+    pub binary: String,
+    /// Symbol to probe; empty to use `offset` as a file offset.
+    pub symbol: String,
+    pub offset: u64,
+    /// Only this process (`None`: every process that maps the file).
+    pub pid: Option<u32>,
 }
 
 /// Whether this plugin may use BPF: the capability declared and the operator's policy.
@@ -224,6 +249,42 @@ impl BpfObject {
                     }
                 })?;
             }
+            AttachPoint::Uprobe(target) | AttachPoint::Uretprobe(target) => {
+                if !uprobes_supported() {
+                    return Err(BpfError::unsupported(format!(
+                        "uprobes are not supported by this kernel (no uprobe PMU); cannot attach {program} to {}",
+                        target.binary
+                    )));
+                }
+                if !target.binary.starts_with('/') {
+                    return Err(BpfError::invalid(format!(
+                        "uprobe binary must be an absolute path, not {:?}",
+                        target.binary
+                    )));
+                }
+                let probe: &mut UProbe = prog
+                    .try_into()
+                    .map_err(|e| context("program type of", &e))?;
+                probe.load().map_err(|e| context("load", &e))?;
+                let location = if target.symbol.is_empty() {
+                    UProbeAttachLocation::AbsoluteOffset(target.offset)
+                } else {
+                    UProbeAttachLocation::SymbolOffset(&target.symbol, target.offset)
+                };
+                let scope = match target.pid.and_then(std::num::NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                probe.attach(location, &target.binary, scope).map_err(|e| {
+                    context(
+                        &format!(
+                            "attach uprobe {}:{}+{} to",
+                            target.binary, target.symbol, target.offset
+                        ),
+                        &e,
+                    )
+                })?;
+            }
             AttachPoint::PerfCpuClock(frequency) => {
                 let perf: &mut PerfEvent = prog
                     .try_into()
@@ -256,8 +317,13 @@ impl BpfObject {
         let taken = ebpf.take_map(map).ok_or_else(|| {
             BpfError::invalid(format!("no map named {map:?} (or already subscribed)"))
         })?;
-        let ring = RingBuf::try_from(taken).map_err(|err| {
-            BpfError::invalid(format!("map {map:?} is not a ring buffer: {}", chain(&err)))
+        let Map::RingBuf(data) = taken else {
+            return Err(BpfError::invalid(format!(
+                "map {map:?} is not a ring buffer (a perf event array needs subscribe-perf-event-array)"
+            )));
+        };
+        let ring = ring::RingConsumer::new(data).map_err(|err| {
+            BpfError::new(ErrorCode::Io, format!("map ring buffer {map:?}: {err}"))
         })?;
         // Lost-record counters follow the convention of ebpf/include/kpulse_common.h: a
         // per-CPU array `stats` whose slot 1 counts records dropped because the ring was full.
@@ -266,10 +332,11 @@ impl BpfObject {
             .and_then(map_data)
             .and_then(|d| d.fd().as_fd().try_clone_to_owned().ok());
         let _guard = delivery.runtime.enter();
-        // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd
-        // outlives its registration.
+        let doorbell = ring::RingDoorbell::new(ring);
+        // SAFETY: the consumer owns the map and so its fd; the doorbell holds the consumer
+        // and the AsyncFd the doorbell, so the fd outlives its registration.
         #[allow(unsafe_code, reason = "registering an owned fd with tokio")]
-        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(
+        let fd = unsafe { AsyncFd::register_with_interest(doorbell, Interest::READABLE) }.map_err(
             |err| {
                 BpfError::new(
                     ErrorCode::Io,
@@ -277,15 +344,77 @@ impl BpfObject {
                 )
             },
         )?;
-        let task = delivery
-            .runtime
-            .spawn(read_ring(fd, subscription, delivery.clone(), stats_fd));
+        let task = delivery.runtime.spawn(ring::read_ring(
+            fd,
+            subscription,
+            delivery.clone(),
+            stats_fd,
+        ));
         self.readers.push(task.abort_handle());
         delivery
             .stats
             .bpf_subscriptions
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Streams perf event array `map` (one buffer of `pages` pages per online CPU) to the
+    /// plugin, under the same subscription id scheme as ring buffers.
+    pub fn subscribe_perf(
+        &mut self,
+        map: &str,
+        pages: u32,
+        subscription: u64,
+        delivery: Delivery,
+    ) -> Result<(), BpfError> {
+        let Some(ebpf) = &mut self.ebpf else {
+            return Ok(());
+        };
+        let taken = ebpf.take_map(map).ok_or_else(|| {
+            BpfError::invalid(format!("no map named {map:?} (or already subscribed)"))
+        })?;
+        let Map::PerfEventArray(data) = taken else {
+            return Err(BpfError::invalid(format!(
+                "map {map:?} is not a perf event array"
+            )));
+        };
+        let readers = perf::subscribe(data, pages as usize, subscription, &delivery)
+            .map_err(|err| BpfError::new(ErrorCode::Io, format!("map {map:?}: {err}")))?;
+        self.readers.extend(readers);
+        delivery
+            .stats
+            .bpf_subscriptions
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Detaches every link of `program` and unloads it; the rest of the object stays.
+    pub fn detach(&mut self, program: &str) -> Result<(), BpfError> {
+        let Some(ebpf) = &mut self.ebpf else {
+            return Ok(());
+        };
+        let prog = ebpf.program_mut(program).ok_or_else(|| {
+            BpfError::invalid(format!("no program named {program:?} in the object"))
+        })?;
+        use aya::programs::Program;
+        let result = match prog {
+            Program::KProbe(p) => p.unload(),
+            Program::UProbe(p) => p.unload(),
+            Program::TracePoint(p) => p.unload(),
+            Program::RawTracePoint(p) => p.unload(),
+            Program::BtfTracePoint(p) => p.unload(),
+            Program::FEntry(p) => p.unload(),
+            Program::FExit(p) => p.unload(),
+            Program::PerfEvent(p) => p.unload(),
+            _ => {
+                return Err(BpfError::invalid(format!(
+                    "program {program:?} is of a kind kpulse does not attach"
+                )));
+            }
+        };
+        result.map_err(|err| {
+            BpfError::new(ErrorCode::Io, format!("detach {program}: {}", chain(&err)))
+        })
     }
 
     fn map(&self, name: &str) -> Result<(BorrowedFd<'_>, MapShape), BpfError> {
@@ -415,87 +544,6 @@ fn map_data(map: &Map) -> Option<&MapData> {
     }
 }
 
-/// Drains a ring buffer into batches of length-prefixed records, one batch in flight at a
-/// time: while the guest works on a batch, new records wait in the kernel's ring (whose
-/// overflow the BPF side counts), so a slow guest costs drops, never host memory.
-async fn read_ring(
-    mut fd: AsyncFd<RingBuf<MapData>>,
-    subscription: u64,
-    delivery: Delivery,
-    stats_fd: Option<std::os::fd::OwnedFd>,
-) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(256 * 1024);
-    let mut last_stats = tokio::time::Instant::now();
-    let (mut seen_ring_full, mut seen_rate_limited) = (0u64, 0u64);
-    loop {
-        tokio::select! {
-            ready = fd.readable_mut() => {
-                if let Ok(mut guard) = ready {
-                    guard.clear_ready();
-                }
-            }
-            () = tokio::time::sleep(DRAIN_INTERVAL) => {}
-        }
-        loop {
-            buffer.clear();
-            let mut count = 0usize;
-            {
-                let ring = fd.get_mut();
-                while count < MAX_BATCH_RECORDS && buffer.len() < MAX_BATCH_BYTES {
-                    let Some(item) = ring.next() else { break };
-                    let len = u32::try_from(item.len()).unwrap_or(u32::MAX);
-                    buffer.extend_from_slice(&len.to_le_bytes());
-                    buffer.extend_from_slice(&item);
-                    count += 1;
-                }
-            }
-            if count == 0 {
-                break;
-            }
-            delivery
-                .stats
-                .bpf_records
-                .fetch_add(count as u64, Ordering::Relaxed);
-            let (done, finished) = oneshot::channel();
-            let call = Call::Events {
-                incarnation: delivery.incarnation,
-                subscription,
-                records: std::mem::take(&mut buffer),
-                done,
-            };
-            if delivery.mailbox.send(call).is_err() {
-                return;
-            }
-            // The buffer comes back with the acknowledgement, so batches reuse one
-            // allocation. The instance ended (or was replaced) if this fails: stop reading.
-            match finished.await {
-                Ok(returned) => buffer = returned,
-                Err(_) => return,
-            }
-            if count < MAX_BATCH_RECORDS {
-                break;
-            }
-        }
-        if let Some(stats) = &stats_fd
-            && last_stats.elapsed() >= Duration::from_secs(1)
-        {
-            last_stats = tokio::time::Instant::now();
-            // Add what changed since the last look, so several objects (or a reloaded one)
-            // accumulate instead of overwriting each other.
-            add_growth(
-                &delivery.stats.bpf_ring_full,
-                &mut seen_ring_full,
-                sum_percpu_u64(stats.as_fd(), 1),
-            );
-            add_growth(
-                &delivery.stats.bpf_rate_limited,
-                &mut seen_rate_limited,
-                sum_percpu_u64(stats.as_fd(), 2),
-            );
-        }
-    }
-}
-
 /// Adds to `total` how much a kernel counter grew since it was last `seen`.
 fn add_growth(total: &std::sync::atomic::AtomicU64, seen: &mut u64, now: Option<u64>) {
     if let Some(now) = now {
@@ -557,6 +605,12 @@ pub fn kprobes_supported() -> bool {
         || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
 }
 
+/// Whether the kernel can create uprobes (the uprobe PMU or tracefs uprobe events).
+pub fn uprobes_supported() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/uprobe_events").exists()
+}
+
 /// Tracepoint attachment needs tracefs for event ids; mount it if the system did not.
 fn ensure_tracefs() {
     static ONCE: OnceLock<()> = OnceLock::new();
@@ -576,37 +630,6 @@ fn ensure_tracefs() {
     });
 }
 
-/// Kernel symbols from `/proc/kallsyms`, loaded once, sorted by address.
-pub fn symbolize(addresses: &[u64]) -> Vec<String> {
-    static TABLE: OnceLock<Vec<(u64, String)>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        let mut table: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
-                let kind = parts.next()?;
-                let name = parts.next()?;
-                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W"))
-                    .then(|| (addr, name.to_owned()))
-            })
-            .collect();
-        table.sort_unstable_by_key(|(addr, _)| *addr);
-        table
-    });
-    addresses
-        .iter()
-        .map(|&addr| match table.partition_point(|(a, _)| *a <= addr) {
-            0 => format!("0x{addr:x}"),
-            i => {
-                let (base, name) = &table[i - 1];
-                format!("{name}+0x{:x}", addr - base)
-            }
-        })
-        .collect()
-}
-
 fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -616,107 +639,6 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The four map syscalls aya does not expose for raw bytes.
-#[allow(
-    unsafe_code,
-    reason = "bpf(2) map element commands on fds owned by aya"
-)]
-mod sys {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-
-    /// The `bpf_attr` layout of the map element commands.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value_or_next_key: u64,
-        flags: u64,
-    }
-
-    fn bpf(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-        // SAFETY: `attr` is a valid bpf_attr prefix for the element commands, and the
-        // pointers in it refer to buffers of the sizes the map was created with, checked by
-        // the callers.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr as *mut ElemAttr,
-                std::mem::size_of::<ElemAttr>() as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn fd_of(fd: BorrowedFd<'_>) -> u32 {
-        u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX)
-    }
-
-    /// `Ok(false)` when the key is absent.
-    pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> std::io::Result<bool> {
-        let mut attr = ElemAttr {
-            map_fd: fd_of(fd),
-            key: key.as_ptr() as u64,
-            value_or_next_key: value.as_mut_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(()) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(err),
-        }
-    }
-
-    pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> std::io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: fd_of(fd),
-            key: key.as_ptr() as u64,
-            value_or_next_key: value.as_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
-    }
-
-    pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> std::io::Result<()> {
-        let mut attr = ElemAttr {
-            map_fd: fd_of(fd),
-            key: key.as_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        bpf(BPF_MAP_DELETE_ELEM, &mut attr)
-    }
-
-    /// `Ok(false)` after the last key.
-    pub fn next_key(
-        fd: BorrowedFd<'_>,
-        key: Option<&[u8]>,
-        next: &mut [u8],
-    ) -> std::io::Result<bool> {
-        let mut attr = ElemAttr {
-            map_fd: fd_of(fd),
-            key: key.map_or(0, |k| k.as_ptr() as u64),
-            value_or_next_key: next.as_mut_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(()) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(err) => Err(err),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -772,88 +694,4 @@ mod tests {
         };
         assert_eq!(symbolize(&[addr + 4]), vec!["schedule+0x4".to_owned()]);
     }
-}
-
-/// A BPF ELF object found inside a plugin file, for `kpulse plugins inspect`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EmbeddedObject {
-    /// Byte offset of the ELF image in the plugin file.
-    pub offset: usize,
-    pub size: usize,
-    /// Program sections, i.e. the attach points the object asks for
-    /// (`tracepoint/skb/kfree_skb`, `tp_btf/sched_switch`, `kprobe/...`).
-    pub programs: Vec<String>,
-    /// Number of ELF sections in the object.
-    pub sections: usize,
-}
-
-/// Finds 64-bit little-endian ELF images for `EM_BPF` embedded in `bytes` (a plugin embeds
-/// its objects with `include_bytes!`) and lists their program sections.
-pub fn embedded_objects(bytes: &[u8]) -> Vec<EmbeddedObject> {
-    const EM_BPF: u16 = 247;
-    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |b: &[u8], at: usize| {
-        b.get(at..at + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let u64_at = |b: &[u8], at: usize| {
-        b.get(at..at + 8)
-            .map(|s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
-    };
-    let mut found = Vec::new();
-    let mut start = 0;
-    while let Some(pos) = bytes[start..].windows(4).position(|w| w == b"\x7fELF") {
-        let offset = start + pos;
-        start = offset + 4;
-        let elf = &bytes[offset..];
-        if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) || u16_at(elf, 18) != Some(EM_BPF) {
-            continue;
-        }
-        let (Some(shoff), Some(shentsize), Some(shnum), Some(shstrndx)) = (
-            u64_at(elf, 0x28).and_then(|v| usize::try_from(v).ok()),
-            u16_at(elf, 0x3a).map(usize::from),
-            u16_at(elf, 0x3c).map(usize::from),
-            u16_at(elf, 0x3e).map(usize::from),
-        ) else {
-            continue;
-        };
-        let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
-        let section = |i: usize| -> Option<(u32, u32, usize, usize)> {
-            let at = header(i)?;
-            Some((
-                u32_at(elf, at)?,
-                u32_at(elf, at + 4)?,
-                usize::try_from(u64_at(elf, at + 0x18)?).ok()?,
-                usize::try_from(u64_at(elf, at + 0x20)?).ok()?,
-            ))
-        };
-        let Some((_, _, strtab_offset, strtab_size)) = section(shstrndx) else {
-            continue;
-        };
-        let Some(strtab) = elf.get(strtab_offset..strtab_offset.saturating_add(strtab_size)) else {
-            continue;
-        };
-        let mut programs = Vec::new();
-        for i in 0..shnum {
-            let Some((name, kind, _, size)) = section(i) else {
-                break;
-            };
-            let name = strtab
-                .get(name as usize..)
-                .and_then(|rest| rest.split(|&b| b == 0).next())
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .unwrap_or_default();
-            // SHT_PROGBITS sections with code and a `kind/target` name are programs.
-            if kind == 1 && size > 0 && name.contains('/') && !name.starts_with('.') {
-                programs.push(name);
-            }
-        }
-        found.push(EmbeddedObject {
-            offset,
-            size: shoff + shnum * shentsize,
-            programs,
-            sections: shnum,
-        });
-    }
-    found
 }
