@@ -133,8 +133,8 @@ impl Store {
         Self::start_with_sink(config, data_dir, host, None)
     }
 
-    /// Like [`Store::start`], and hands every document to `sink`, in save order, after the
-    /// local write (also when the local store is off).
+    /// Like [`Store::start`], and hands every document to `sink` as it is saved (also when
+    /// the local store is off).
     pub fn start_with_sink(
         config: &StorageConfig,
         data_dir: &Path,
@@ -202,6 +202,12 @@ impl Store {
                 return Err(err);
             }
         };
+        // The sink takes the document here, in the saving thread, so that once `save`
+        // returns the document survives a crash or `kill -9` of the agent (the in-memory
+        // queue below only feeds the local files).
+        if let Some(sink) = &inner.sink {
+            sink.accept(&text);
+        }
         let Some(sender) = &inner.sender else {
             return Ok(tracer_id);
         };
@@ -219,7 +225,12 @@ impl Store {
                     .stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                Err(SaveError::QueueFull)
+                // Lost for the local files only when a sink holds it.
+                if inner.sink.is_some() {
+                    Ok(tracer_id)
+                } else {
+                    Err(SaveError::QueueFull)
+                }
             }
         }
     }
@@ -416,7 +427,7 @@ fn rotated_path(current: &Path, n: u32) -> PathBuf {
 struct Writer {
     /// Write the local NDJSON files.
     local: bool,
-    /// Receives every line after the local write.
+    /// Flushed after every batch (it received the lines in `Store::save`).
     sink: Option<Arc<dyn Sink>>,
     dir: PathBuf,
     rotation_bytes: u64,
@@ -463,9 +474,8 @@ impl Writer {
                 }
             }
             if let Some(sink) = &self.sink {
-                for line in &batch {
-                    sink.accept(&line.text);
-                }
+                // The documents are already in the sink (see `Store::save`); make them
+                // durable against power loss too.
                 sink.flush();
             }
         }

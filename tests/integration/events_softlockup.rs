@@ -87,3 +87,52 @@ fn watchdog_line_gives_a_softlockup_document() {
         .unwrap_or_else(|| panic!("no softlockup total: {metrics}"));
     assert!(total >= 1.0, "{total}");
 }
+
+/// Decoding of a recording made from the real `softlockup` program on this kernel, replayed
+/// offline (no kernel, no BPF). The recording (`tests/fixtures/softlockup-watchdog.kprec`)
+/// was made with `kpulse plugins record softlockup --for 4s` while the watchdog's report
+/// line for a soft lockup on CPU#1 was written to `/dev/kmsg`: a real soft lockup cannot be
+/// provoked safely on a shared machine, so this is the closest real kernel record. The
+/// stack addresses are the recording machine's (KASLR), so only their count is checked.
+#[test]
+fn recorded_watchdog_report_replays_into_a_softlockup_document() {
+    let fixture = kpulse_integration_tests::root().join("tests/fixtures/softlockup-watchdog.kprec");
+    let replay = std::process::Command::new(kpulse_integration_tests::kpulse_bin())
+        .args(["plugins", "replay"])
+        .arg(plugin_wasm("softlockup"))
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let doc = &docs[0];
+    assert_eq!(doc["tracer_name"], "softlockup");
+    assert_eq!(doc["tracer_type"], "event");
+    let data = &doc["tracer_data"];
+    assert_eq!(
+        data["msg"],
+        "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [kworker/1:2:4242]"
+    );
+    assert_eq!(data["cpu"], 1, "{data}");
+    assert_eq!(data["pid"], 4242, "{data}");
+    assert_eq!(data["comm"], "kworker/1:2", "{data}");
+    assert_eq!(data["stuck_for_secs"], 22, "{data}");
+    assert_eq!(data["printk_comm"], "bash", "{data}");
+    assert_eq!(
+        data["cpus_stack"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .count(),
+        9,
+        "the recorded kernel stack: {data}"
+    );
+}

@@ -1,9 +1,10 @@
 //! Sinks: remote stores that receive every saved document after the local write.
 //!
-//! The store's writer thread hands each document line to the sink in save order
-//! ([`Sink::accept`]) and calls [`Sink::flush`] after each batch; a sink must make the
-//! accepted lines durable in `flush` (it owns its own on-disk queue) and ship them from a
-//! background task. One folder per sink, with fixed files (`config.rs`, `service.rs`,
+//! `Store::save` hands each document line to the sink in the saving thread
+//! ([`Sink::accept`]), which must make it survive a crash of the agent before returning
+//! (the OpenSearch sink appends it to its on-disk spool); the store's writer thread calls
+//! [`Sink::flush`] after each batch to make it durable against power loss too. The sink
+//! ships documents from its own background task. One folder per sink, with fixed files (`config.rs`, `service.rs`,
 //! `retry.rs`, `spool.rs`, `tests.rs`), in the style of Vector's sinks.
 
 pub mod opensearch;
@@ -27,9 +28,11 @@ pub struct SinkMetric {
 
 /// A destination for saved documents.
 pub trait Sink: Send + Sync {
-    /// Takes one document (one JSON line without the newline), in save order.
+    /// Takes one document (one JSON line without the newline); once it returns, the
+    /// document must survive a crash or `kill -9` of the agent.
     fn accept(&self, line: &str);
-    /// Makes the lines accepted so far durable; called after every writer batch.
+    /// Makes the lines accepted so far durable against power loss; called after every
+    /// writer batch.
     fn flush(&self);
     /// Self-metrics for `/metrics`.
     fn metrics(&self) -> Vec<SinkMetric>;

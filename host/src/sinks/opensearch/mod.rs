@@ -2,8 +2,8 @@
 //! `create` and `_id = tracer_id`, through an on-disk spool so that nothing is lost while
 //! the cluster is unreachable or the agent restarts.
 //!
-//! Flow: the store's writer thread → [`OpenSearchSink::accept`] (buffer) →
-//! [`OpenSearchSink::flush`] (append + fsync to the spool) → the bulk task reads the spool
+//! Flow: `Store::save` → [`OpenSearchSink::accept`] (append to the spool: survives
+//! `kill -9`) → [`OpenSearchSink::flush`] from the store's writer (fsync) → the bulk task reads the spool
 //! in order, sends batches of up to `flush_kib` (or every `flush_interval_ms`) with up to
 //! `concurrency` requests in flight, retries transient failures (transport errors, 429,
 //! 5xx) with jittered exponential back-off re-sending only the failed items, writes items

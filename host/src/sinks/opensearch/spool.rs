@@ -60,8 +60,10 @@ struct WriteState {
     segment: u64,
     file: File,
     size: u64,
-    pending: Vec<u8>,
-    pending_docs: u64,
+    /// Reused buffer for one line and its newline (one `write` per document).
+    line: Vec<u8>,
+    /// Written since the last fsync.
+    unsynced: bool,
 }
 
 /// The spool; the writer side is [`Spool::push`]/[`Spool::flush`], the single reader is
@@ -207,8 +209,8 @@ impl Spool {
                 segment,
                 file,
                 size: 0,
-                pending: Vec::new(),
-                pending_docs: 0,
+                line: Vec::new(),
+                unsynced: false,
             }),
             committed: Mutex::new(committed),
             waiting_docs: AtomicU64::new(docs),
@@ -242,8 +244,9 @@ impl Spool {
         self.notify.notified().await;
     }
 
-    /// Queues one document for the next [`Spool::flush`]; refuses it (counted) when the
-    /// spool is full under `drop_newest`.
+    /// Appends one document to the current segment at once, in the caller's thread: once
+    /// this returns the document is in the kernel's page cache, so it survives a crash or
+    /// `kill -9` of the agent (an fsync in [`Spool::flush`] covers power loss).
     pub fn push(&self, line: &str) {
         let size = line.len() as u64 + 1;
         if self.policy == FullPolicy::DropNewest
@@ -255,53 +258,57 @@ impl Spool {
         let Ok(mut state) = self.write.lock() else {
             return;
         };
-        state.pending.extend_from_slice(line.as_bytes());
-        state.pending.push(b'\n');
-        state.pending_docs += 1;
         self.waiting_bytes.fetch_add(size, Ordering::Relaxed);
-    }
-
-    /// Appends the queued documents to the current segment and fsyncs it.
-    pub fn flush(&self) {
-        let Ok(mut state) = self.write.lock() else {
-            return;
-        };
-        if state.pending.is_empty() {
-            return;
-        }
         if self.policy == FullPolicy::DropOldest {
             self.evict_for(&mut state);
         }
-        let pending = std::mem::take(&mut state.pending);
-        let docs = std::mem::take(&mut state.pending_docs);
-        let path = segment_path(&self.dir, state.segment);
-        let written = state
-            .file
-            .write_all(&pending)
-            .and_then(|()| state.file.sync_data());
-        match written {
+        let mut record = std::mem::take(&mut state.line);
+        record.clear();
+        record.extend_from_slice(line.as_bytes());
+        record.push(b'\n');
+        match state.file.write_all(&record) {
             Ok(()) => {
-                state.size += pending.len() as u64;
-                self.waiting_docs.fetch_add(docs, Ordering::Relaxed);
+                state.size += size;
+                state.unsynced = true;
+                self.waiting_docs.fetch_add(1, Ordering::Relaxed);
             }
             Err(err) => {
-                self.dropped_io.fetch_add(docs, Ordering::Relaxed);
-                sub(&self.waiting_bytes, pending.len() as u64);
-                tracing::error!(path = %path.display(), %err, "cannot append to the OpenSearch spool; documents lost");
+                self.dropped_io.fetch_add(1, Ordering::Relaxed);
+                sub(&self.waiting_bytes, size);
+                let path = segment_path(&self.dir, state.segment);
+                tracing::error!(path = %path.display(), %err, "cannot append to the OpenSearch spool; document lost");
                 // A partial write leaves a torn line: continue in a new segment.
                 state.size = self.segment_bytes;
             }
         }
+        state.line = record;
         if state.size >= self.segment_bytes
             && let Err(err) = self.roll(&mut state)
         {
             tracing::error!(%err, "cannot start a new OpenSearch spool segment");
+        }
+    }
+
+    /// Fsyncs what was appended since the last call and wakes the bulk task.
+    pub fn flush(&self) {
+        let Ok(mut state) = self.write.lock() else {
+            return;
+        };
+        if state.unsynced {
+            if let Err(err) = state.file.sync_data() {
+                tracing::warn!(segment = state.segment, %err, "cannot fsync the OpenSearch spool");
+            }
+            state.unsynced = false;
         }
         drop(state);
         self.notify.notify_one();
     }
 
     fn roll(&self, state: &mut WriteState) -> Result<(), SpoolError> {
+        if state.unsynced {
+            let _ = state.file.sync_data();
+            state.unsynced = false;
+        }
         let next = state.segment + 1;
         let path = segment_path(&self.dir, next);
         let file = OpenOptions::new()
