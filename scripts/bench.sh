@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs the benchmarks; the figures go to BENCHMARKS.md by hand.
 #   scripts/bench.sh                 # every section
-#   scripts/bench.sh scrape reload   # some of: scrape reload footprint ringbuf overhead
+#   scripts/bench.sh scrape reload   # some of: scrape reload footprint ringbuf overhead indexing
+# (indexing starts the local OpenSearch node with scripts/opensearch.sh start)
 # Also: cargo bench -p kpulse (per-call overhead of update, against a native reader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,7 @@ ensure_packages prometheus-node-exporter
 ensure_rust
 build_all
 cargo build --release -p kpulse-integration-tests --bin kpulse-bench
+if [ "$#" -eq 0 ] || [[ " $* " == *" indexing "* ]]; then
+    scripts/opensearch.sh start
+fi
 exec target/release/kpulse-bench "$@"

@@ -11,8 +11,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -423,6 +424,9 @@ fn rotated_path(current: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// How often the writer makes the sink's queue durable against power loss.
+const SINK_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The single writer: owns the open files and does the rotation.
 struct Writer {
     /// Write the local NDJSON files.
@@ -439,7 +443,23 @@ struct Writer {
 impl Writer {
     fn run(mut self, receiver: Receiver<Line>) {
         let mut pending: HashMap<String, String> = HashMap::new();
-        while let Ok(first) = receiver.recv() {
+        let mut last_sync = Instant::now();
+        loop {
+            // The sink's fsync is what costs (hundreds of µs each): once per interval, not
+            // per batch. A crash loses nothing either way (see `Sink::accept`); power loss
+            // can lose at most the last interval.
+            let sync_due = || last_sync.elapsed() >= SINK_SYNC_INTERVAL;
+            let first = match receiver.recv_timeout(SINK_SYNC_INTERVAL) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(sink) = &self.sink {
+                        sink.flush();
+                    }
+                    last_sync = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             // Drain what is already queued so that one write(2) covers many documents.
             let mut batch = vec![first];
             while batch.len() < 4096 {
@@ -473,10 +493,13 @@ impl Writer {
                     }
                 }
             }
-            if let Some(sink) = &self.sink {
+            if let Some(sink) = &self.sink
+                && sync_due()
+            {
                 // The documents are already in the sink (see `Store::save`); make them
                 // durable against power loss too.
                 sink.flush();
+                last_sync = Instant::now();
             }
         }
     }

@@ -3,7 +3,7 @@
 //! `Store::save` hands each document line to the sink in the saving thread
 //! ([`Sink::accept`]), which must make it survive a crash of the agent before returning
 //! (the OpenSearch sink appends it to its on-disk spool); the store's writer thread calls
-//! [`Sink::flush`] after each batch to make it durable against power loss too. The sink
+//! [`Sink::flush`] every 100 ms to make it durable against power loss too. The sink
 //! ships documents from its own background task. One folder per sink, with fixed files (`config.rs`, `service.rs`,
 //! `retry.rs`, `spool.rs`, `tests.rs`), in the style of Vector's sinks.
 
@@ -31,8 +31,8 @@ pub trait Sink: Send + Sync {
     /// Takes one document (one JSON line without the newline); once it returns, the
     /// document must survive a crash or `kill -9` of the agent.
     fn accept(&self, line: &str);
-    /// Makes the lines accepted so far durable against power loss; called after every
-    /// writer batch.
+    /// Makes the lines accepted so far durable against power loss; called by the store's
+    /// writer every 100 ms while documents arrive.
     fn flush(&self);
     /// Self-metrics for `/metrics`.
     fn metrics(&self) -> Vec<SinkMetric>;

@@ -40,6 +40,9 @@ fn main() {
     if want("overhead") {
         overhead();
     }
+    if want("indexing") {
+        indexing();
+    }
 }
 
 fn cpus() -> usize {
@@ -551,8 +554,8 @@ fn workload(seconds: u64) -> (f64, f64) {
 }
 
 fn overhead() {
-    let seconds = 10;
-    let rounds = 3;
+    let seconds = 8;
+    let rounds = 8;
     let plugins: Vec<_> = [
         "dropwatch",
         "softirq",
@@ -567,7 +570,7 @@ fn overhead() {
     .filter(|p| p.exists())
     .collect();
     println!(
-        "\n## Workload overhead: sched_yield on both CPUs + loopback UDP, {seconds} s runs, {rounds} alternating rounds"
+        "\n## Workload overhead: sched_yield on both CPUs + loopback UDP, {seconds} s runs, {rounds} paired rounds in ABBA order"
     );
     println!(
         "event plugins loaded: {}",
@@ -578,30 +581,114 @@ fn overhead() {
             .join(", ")
     );
     println!(
-        "| round | without agent: yields/s | with agent: yields/s | without: packets/s | with: packets/s |\n|---|---|---|---|---|"
+        "| round | order | without agent: yields/s | with agent: yields/s | without: packets/s | with: packets/s |\n|---|---|---|---|---|---|"
     );
-    let (mut base_y, mut with_y, mut base_p, mut with_p) = (0.0, 0.0, 0.0, 0.0);
+    // Paired rounds in ABBA order (without/with, then with/without, ...), so a drift of the
+    // machine's speed over the run cancels out instead of biasing one side.
+    let (mut yield_ratios, mut packet_ratios) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let (by, bp) = workload(seconds);
-        let agent = Agent::start("bench-overhead", &plugins, "");
-        for p in &plugins {
-            agent.wait_state(
-                &p.file_stem().unwrap().to_string_lossy(),
-                "running",
-                Duration::from_secs(30),
-            );
-        }
-        let (wy, wp) = workload(seconds);
-        drop(agent);
-        println!("| {round} | {by:.0} | {wy:.0} | {bp:.0} | {wp:.0} |");
-        base_y += by;
-        with_y += wy;
-        base_p += bp;
-        with_p += wp;
+        let with_first = round % 2 == 0;
+        let measure_with = || {
+            let agent = Agent::start("bench-overhead", &plugins, "");
+            for p in &plugins {
+                agent.wait_state(
+                    &p.file_stem().unwrap().to_string_lossy(),
+                    "running",
+                    Duration::from_secs(30),
+                );
+            }
+            let result = workload(seconds);
+            drop(agent);
+            result
+        };
+        let ((by, bp), (wy, wp)) = if with_first {
+            let with = measure_with();
+            (workload(seconds), with)
+        } else {
+            let without = workload(seconds);
+            (without, measure_with())
+        };
+        let order = if with_first {
+            "with first"
+        } else {
+            "without first"
+        };
+        println!("| {round} | {order} | {by:.0} | {wy:.0} | {bp:.0} | {wp:.0} |");
+        yield_ratios.push(wy / by);
+        packet_ratios.push(wp / bp);
     }
+    let summary = |ratios: &mut Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len() as f64;
+        let mean = ratios.iter().sum::<f64>() / n;
+        let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let stderr = (var / n).sqrt();
+        let median = ratios[ratios.len() / 2];
+        format!(
+            "mean {:+.2} % ± {:.2} % (95 % CI, t≈2.4), median {:+.2} %",
+            (1.0 - mean) * 100.0,
+            2.4 * stderr * 100.0,
+            (1.0 - median) * 100.0
+        )
+    };
     println!(
-        "slowdown with all event plugins: context switches {:+.2} %, packets {:+.2} %",
-        (1.0 - with_y / base_y) * 100.0,
-        (1.0 - with_p / base_p) * 100.0
+        "slowdown with all event plugins (positive = slower): context switches {}; packets {}",
+        summary(&mut yield_ratios),
+        summary(&mut packet_ratios)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Live indexing: documents saved by a guest, through the store and the OpenSearch sink,
+// indexed by a real node (scripts/opensearch.sh start).
+
+fn indexing() {
+    let url =
+        std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned());
+    let seconds = 15;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "\n## OpenSearch: live indexing end to end ({url}, one node, {seconds} s per row after 3 s warm-up)"
+    );
+    println!(
+        "| offered docs/s | saved docs/s | indexed docs/s | spool backlog at end | bulk body B/doc | agent CPU (% of a core) | µs agent CPU per doc |\n|---|---|---|---|---|---|---|"
+    );
+    for per_tick in [20u64, 100, 200] {
+        let config = format!(
+            "[plugins.docgen]\nper_tick = {per_tick}\ntick_ms = 10\n\n[storage.opensearch]\naddresses = [\"{url}\"]\nindex = \"kpulse-bench-{stamp}-{per_tick}\"\n"
+        );
+        let agent = Agent::start("bench-indexing", &[guest_wasm("docgen")], &config);
+        agent.wait_state("docgen", "running", Duration::from_secs(20));
+        std::thread::sleep(Duration::from_secs(3));
+        let read = |agent: &Agent| {
+            let m = agent.metrics();
+            let get = |name: &str| kpulse_integration_tests::sample(&m, name).unwrap_or(0.0);
+            (
+                get("kpulse_docgen_saved_total{"),
+                get("kpulse_opensearch_documents_indexed_total"),
+                get("kpulse_opensearch_bulk_bytes_total"),
+                get("kpulse_opensearch_spooled"),
+            )
+        };
+        let pid = agent.child.id();
+        let (s0, i0, b0, _) = read(&agent);
+        let c0: u64 = thread_cpu_ns(pid).values().sum();
+        std::thread::sleep(Duration::from_secs(seconds));
+        let (s1, i1, b1, backlog) = read(&agent);
+        let c1: u64 = thread_cpu_ns(pid).values().sum();
+        let indexed = (i1 - i0).max(1.0);
+        let cpu = (c1 - c0) as f64;
+        println!(
+            "| {} | {:.0} | {:.0} | {backlog:.0} | {:.0} | {:.1} % | {:.1} |",
+            per_tick * 100,
+            (s1 - s0) / seconds as f64,
+            (i1 - i0) / seconds as f64,
+            (b1 - b0) / indexed,
+            cpu / 1e9 / seconds as f64 * 100.0,
+            cpu / 1e3 / indexed
+        );
+    }
 }

@@ -282,6 +282,7 @@ impl Spool {
             }
         }
         state.line = record;
+        self.notify.notify_one();
         if state.size >= self.segment_bytes
             && let Err(err) = self.roll(&mut state)
         {
