@@ -22,7 +22,9 @@ for toml in plugins/*/Cargo.toml; do
 done
 cargo clippy --target wasm32-wasip2 -p kpulse-sdk "${plugin_packages[@]}" -- -D warnings
 echo "== tests"
-# A real single-node OpenSearch for tests/integration/opensearch.rs (idempotent).
+# Real single-node OpenSearch clusters (idempotent): a plain one for
+# tests/integration/opensearch.rs and a secured one (TLS, basic auth) for opensearch_secure.rs.
 scripts/opensearch.sh start
+scripts/opensearch.sh start-secure
 cargo test --release --workspace --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests

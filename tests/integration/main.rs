@@ -18,6 +18,7 @@ mod events_softlockup;
 mod hot_reload;
 mod metrics;
 mod opensearch;
+mod opensearch_secure;
 mod record_replay;
 mod security;
 mod store;

@@ -1,6 +1,7 @@
 //! The OpenSearch sink against a real single-node OpenSearch (`scripts/opensearch.sh start`,
 //! done by `scripts/test.sh`; `OPENSEARCH_URL` overrides the address). The tests share the
-//! node and one of them stops and restarts it, so they run one at a time.
+//! node and one of them stops and restarts it, so they run one at a time (with the tests of
+//! the secured node in `opensearch_secure.rs`, which share the lock and these helpers).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -14,11 +15,11 @@ use serde_json::{Value, json};
 
 static NODE: Mutex<()> = Mutex::new(());
 
-fn node_lock() -> MutexGuard<'static, ()> {
+pub(crate) fn node_lock() -> MutexGuard<'static, ()> {
     NODE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-const FAST_EXAMPLE: &str = r#"
+pub(crate) const FAST_EXAMPLE: &str = r#"
 [plugins.example]
 interval_ms = 50
 running_per_cpu_threshold = 0.0
@@ -90,7 +91,7 @@ fn os_ok(method: &str, path: &str, body: Option<&str>) -> Value {
     value
 }
 
-fn opensearch_script(command: &str) {
+pub(crate) fn opensearch_script(command: &str) {
     let status = Command::new(root().join("scripts/opensearch.sh"))
         .arg(command)
         .status()
@@ -106,7 +107,7 @@ fn ensure_node() {
 }
 
 /// A unique index prefix per test run.
-fn prefix(label: &str) -> String {
+pub(crate) fn prefix(label: &str) -> String {
     format!("kpulse-it-{label}-{}", std::process::id())
 }
 
@@ -130,7 +131,7 @@ fn count(prefix: &str, q: Option<&str>) -> u64 {
     }
 }
 
-fn metric(agent: &Agent, name: &str) -> f64 {
+pub(crate) fn metric(agent: &Agent, name: &str) -> f64 {
     sample(&agent.metrics(), name).unwrap_or(0.0)
 }
 
@@ -199,7 +200,7 @@ fn seed_spool(dir: &Path, docs: &[Value]) {
     std::fs::write(spool.join(format!("{:020}.ndjson", 1)), text).unwrap();
 }
 
-fn local_ids(dir: &Path) -> Vec<String> {
+pub(crate) fn local_ids(dir: &Path) -> Vec<String> {
     let events = dir.join("data/events");
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(events).unwrap() {
@@ -214,13 +215,13 @@ fn local_ids(dir: &Path) -> Vec<String> {
     ids
 }
 
-fn agent_dir(label: &str) -> PathBuf {
+pub(crate) fn agent_dir(label: &str) -> PathBuf {
     let dir = scratch_dir(label);
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     dir
 }
 
-fn install_example(dir: &Path) {
+pub(crate) fn install_example(dir: &Path) {
     kpulse_integration_tests::install(&dir.join("plugins"), &plugin_wasm("example"));
 }
 
