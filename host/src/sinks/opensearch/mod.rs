@@ -394,16 +394,20 @@ impl OpenSearchSink {
                 Class::Duplicate => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                Class::Retry => retry.push(item),
+                Class::Retry => {
+                    if retry.is_empty() {
+                        // One line per response, naming the first failure's cause.
+                        tracing::warn!(
+                            status,
+                            reason = %item_error(result),
+                            index = %item.index,
+                            "OpenSearch refused some documents for now; they stay spooled and are retried"
+                        );
+                    }
+                    retry.push(item);
+                }
                 Class::Reject => {
-                    let error = result.map(|r| &r["error"]);
-                    let reason = error.map_or_else(String::new, |e| {
-                        format!(
-                            "{}: {}",
-                            e["type"].as_str().unwrap_or("error"),
-                            e["reason"].as_str().unwrap_or("")
-                        )
-                    });
+                    let reason = item_error(result);
                     self.dead_letter(&item.index, status, &reason, &item.entry.line);
                 }
             }
@@ -442,6 +446,17 @@ impl OpenSearchSink {
 }
 
 /// The `_search` body for an `/events` query: newest first.
+/// `type: reason` of a bulk item's error, for logs and the dead-letter file.
+fn item_error(result: Option<&Value>) -> String {
+    result.map(|r| &r["error"]).map_or_else(String::new, |e| {
+        format!(
+            "{}: {}",
+            e["type"].as_str().unwrap_or("error"),
+            e["reason"].as_str().unwrap_or("")
+        )
+    })
+}
+
 pub fn search_body(query: &EventQuery) -> Value {
     let mut filter = Vec::new();
     if let Some(tracer) = &query.tracer {
@@ -508,7 +523,7 @@ impl Sink for OpenSearchSink {
             ),
             counter(
                 "opensearch_documents_retried",
-                "Document sends retried after a transport error, 429 or 5xx.",
+                "Document sends retried after a transport error, 401/403, 429 or 5xx.",
                 load(&s.retried),
             ),
             counter(

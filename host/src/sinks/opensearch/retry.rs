@@ -21,7 +21,9 @@ pub fn classify(status: u16) -> Class {
     match status {
         200..=299 => Class::Indexed,
         409 => Class::Duplicate,
-        429 | 500..=599 => Class::Retry,
+        // 401/403 on an item (e.g. allowed to write but not to create the index) are fixed
+        // by the operator, not by the document: keep it and retry, never dead-letter.
+        401 | 403 | 429 | 500..=599 => Class::Retry,
         _ => Class::Reject,
     }
 }

@@ -66,7 +66,13 @@ fn describe(err: &reqwest::Error) -> String {
         text.push_str(&inner.to_string());
         source = inner.source();
     }
-    if err.is_connect() {
+    // A failed TLS handshake is a connect error too; point at the certificate, not the
+    // network (rustls says e.g. "invalid peer certificate: UnknownIssuer").
+    if text.contains("certificate") {
+        text.push_str(
+            " (TLS: the cluster's certificate is not trusted: set ca_file to the CA that signed it, or check the address's host name)",
+        );
+    } else if err.is_connect() {
         text.push_str(" (cluster unreachable)");
     } else if err.is_timeout() {
         text.push_str(" (timed out)");

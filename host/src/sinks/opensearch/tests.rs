@@ -23,6 +23,11 @@ fn classification() {
     assert_eq!(classify(409), Class::Duplicate);
     assert_eq!(classify(429), Class::Retry);
     assert_eq!(classify(503), Class::Retry);
+    assert_eq!(
+        classify(403),
+        Class::Retry,
+        "a permission problem is fixed by the operator"
+    );
     assert_eq!(classify(400), Class::Reject);
     assert!(retry_request(401));
     assert!(retry_request(429));
