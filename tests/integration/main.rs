@@ -8,6 +8,7 @@ mod bpf;
 mod cli;
 mod config;
 mod containment;
+mod elasticsearch;
 mod events_dropwatch;
 mod events_hungtask;
 mod events_memreclaim;

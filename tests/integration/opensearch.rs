@@ -40,7 +40,17 @@ fn os_addr() -> SocketAddr {
 
 /// One request to the node (Connection: close); returns status and JSON body.
 fn os(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    let addr = os_addr();
+    cluster_request(os_addr(), method, path, body).map(|(status, _, value)| (status, value))
+}
+
+/// One request to the cluster node at `addr` (Connection: close); returns status, response
+/// head (status line and headers) and JSON body (`Null` when the body is not JSON).
+pub(crate) fn cluster_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String, Value)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or("");
@@ -81,7 +91,11 @@ fn os(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Val
     } else {
         rest.to_owned()
     };
-    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        head.to_owned(),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    ))
 }
 
 fn os_ok(method: &str, path: &str, body: Option<&str>) -> Value {
