@@ -366,7 +366,9 @@ pub fn template_body(config: &OpenSearchConfig) -> Value {
         }
     });
     if config.index_mode == IndexMode::DataStream {
-        body["data_stream"] = json!({"timestamp_field": {"name": "@timestamp"}});
+        // `{}`: OpenSearch defaults the timestamp field to `@timestamp`, and Elasticsearch
+        // 7.9+/8 reject the `timestamp_field` key OpenSearch would also accept.
+        body["data_stream"] = json!({});
     }
     body
 }
