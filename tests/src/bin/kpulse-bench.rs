@@ -43,6 +43,10 @@ fn main() {
     if want("indexing") {
         indexing();
     }
+    // Not part of "all": four runs per event plugin.
+    if args.iter().any(|a| a == "overhead-each") {
+        overhead_each();
+    }
 }
 
 fn cpus() -> usize {
@@ -586,9 +590,17 @@ fn overhead() {
     // Paired rounds in ABBA order (without/with, then with/without, ...), so a drift of the
     // machine's speed over the run cancels out instead of biasing one side.
     let (mut yield_ratios, mut packet_ratios) = (Vec::new(), Vec::new());
+    // Direct CPU accounting of the with-agent runs: the kernel's per-program BPF run time
+    // (kernel.bpf_stats_enabled) and the agent's own CPU, against the machine's capacity.
+    let stats_was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let mut cost: std::collections::BTreeMap<String, (f64, f64)> = std::collections::BTreeMap::new();
+    let (mut agent_ns, mut measured_secs) = (0.0f64, 0.0f64);
     for round in 1..=rounds {
         let with_first = round % 2 == 0;
-        let measure_with = || {
+        let mut measure_with = || {
+            // Programs that exist without the agent (systemd's, ...) are not ours.
+            let foreign: Vec<String> = bpf_program_stats().into_keys().collect();
             let agent = Agent::start("bench-overhead", &plugins, "");
             for p in &plugins {
                 agent.wait_state(
@@ -597,7 +609,23 @@ fn overhead() {
                     Duration::from_secs(30),
                 );
             }
+            let bpf0 = bpf_program_stats();
+            let agent0: u64 = thread_cpu_ns(agent.child.id()).values().sum();
+            let started = Instant::now();
             let result = workload(seconds);
+            let elapsed = started.elapsed().as_secs_f64();
+            let agent1: u64 = thread_cpu_ns(agent.child.id()).values().sum();
+            for (name, (ns, runs)) in bpf_program_stats() {
+                if foreign.contains(&name) {
+                    continue;
+                }
+                let (ns0, runs0) = bpf0.get(&name).copied().unwrap_or((0, 0));
+                let entry = cost.entry(name).or_insert((0.0, 0.0));
+                entry.0 += (ns - ns0) as f64;
+                entry.1 += (runs - runs0) as f64;
+            }
+            agent_ns += (agent1 - agent0) as f64;
+            measured_secs += elapsed;
             drop(agent);
             result
         };
@@ -636,6 +664,102 @@ fn overhead() {
         summary(&mut yield_ratios),
         summary(&mut packet_ratios)
     );
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
+    let capacity_ns = measured_secs * 1e9 * cpus() as f64;
+    println!(
+        "\nCPU accounting over the with-agent runs ({measured_secs:.0} s, {} CPUs): kernel BPF run time per program, and the agent process",
+        cpus()
+    );
+    println!("| program | runs/s | ns per run | share of the machine's CPU |\n|---|---|---|---|");
+    let mut bpf_total = 0.0;
+    for (name, (ns, runs)) in &cost {
+        if *runs == 0.0 {
+            continue;
+        }
+        bpf_total += ns;
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.3} % |",
+            runs / measured_secs,
+            ns / runs,
+            ns / capacity_ns * 100.0
+        );
+    }
+    println!(
+        "| **BPF total** | | | **{:.3} %** |\n| agent process (all threads) | | | {:.3} % |\n| **kpulse total** | | | **{:.3} %** |",
+        bpf_total / capacity_ns * 100.0,
+        agent_ns / capacity_ns * 100.0,
+        (bpf_total + agent_ns) / capacity_ns * 100.0
+    );
+}
+
+/// Run time (ns) and run count of every loaded BPF program, by name (bpftool; needs
+/// kernel.bpf_stats_enabled = 1 to count).
+fn bpf_program_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut stats = std::collections::BTreeMap::new();
+    let Ok(output) = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return stats;
+    };
+    let programs: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    for program in programs.as_array().into_iter().flatten() {
+        let name = program["name"].as_str().unwrap_or("?").to_owned();
+        let ns = program["run_time_ns"].as_u64().unwrap_or(0);
+        let runs = program["run_cnt"].as_u64().unwrap_or(0);
+        let entry = stats.entry(name).or_insert((0, 0));
+        entry.0 += ns;
+        entry.1 += runs;
+    }
+    stats
+}
+
+/// The workload with one event plugin at a time: which hooks cost what. Two paired rounds
+/// (ABBA) per plugin, the mean of the paired ratios.
+fn overhead_each() {
+    let seconds = 8;
+    println!(
+        "\n## Workload overhead per event plugin: same workload, {seconds} s runs, 2 paired rounds (ABBA) each"
+    );
+    println!(
+        "| plugin | context switches: slowdown | packets: slowdown |\n|---|---|---|"
+    );
+    for name in [
+        "dropwatch",
+        "softirq",
+        "oom",
+        "hungtask",
+        "memreclaim",
+        "net_rx_latency",
+        "softlockup",
+    ] {
+        let plugin = plugin_wasm(name);
+        let with = || {
+            let agent = Agent::start("bench-overhead-each", std::slice::from_ref(&plugin), "");
+            agent.wait_state(name, "running", Duration::from_secs(30));
+            let result = workload(seconds);
+            drop(agent);
+            result
+        };
+        let (mut yields, mut packets) = (0.0, 0.0);
+        for with_first in [false, true] {
+            let ((by, bp), (wy, wp)) = if with_first {
+                let w = with();
+                (workload(seconds), w)
+            } else {
+                let b = workload(seconds);
+                (b, with())
+            };
+            yields += wy / by / 2.0;
+            packets += wp / bp / 2.0;
+        }
+        println!(
+            "| {name} | {:+.1} % | {:+.1} % |",
+            (1.0 - yields) * 100.0,
+            (1.0 - packets) * 100.0
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
