@@ -211,21 +211,15 @@ static __always_inline int emit(struct sk_buff *skb, struct sock *sk, __u32 stag
 	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 	if (name_loc)
 		kp_read_data_loc_str(ctx, name_loc, e->ifname, sizeof(e->ifname));
-	else if (dev)
-		bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;
 }
 
-/*
- * Runs for every received packet, so it is a BTF-typed tracepoint (tp_btf): it gets the
- * skb directly, without the classic tracepoint's trace-record copy (device name string
- * included) before each run.
- */
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(rx_netif, struct sk_buff *skb)
+SEC("tracepoint/net/netif_receive_skb")
+int rx_netif(struct trace_event_raw_net_dev_template *ctx)
 {
+	struct sk_buff *skb = (struct sk_buff *)ctx->skbaddr;
 	struct rx_l34 l = {};
 	__u64 lat, tstamp = 0;
 
@@ -234,8 +228,8 @@ int BPF_PROG(rx_netif, struct sk_buff *skb)
 		return 0;
 	if (BPF_CORE_READ(skb, protocol) == bpf_htons(KP_ETH_P_IP))
 		parse_ipv4(BPF_CORE_READ(skb, data), NULL, &l);
-	return emit(skb, NULL, KP_RX_STAGE_NETIF, netif_threshold_ns, BPF_CORE_READ(skb, len),
-		    lat, tstamp, &l, BPF_CORE_READ(skb, dev), ctx, 0);
+	return emit(skb, NULL, KP_RX_STAGE_NETIF, netif_threshold_ns, ctx->len, lat,
+		    tstamp, &l, BPF_CORE_READ(skb, dev), ctx, ctx->__data_loc_name);
 }
 
 SEC("tracepoint/tcp/tcp_probe")

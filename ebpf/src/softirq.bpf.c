@@ -40,15 +40,10 @@ struct {
 	__type(value, __u64);
 } softirq_zones SEC(".maps");
 
-/*
- * BTF-typed tracepoints (tp_btf): the program gets the tracepoint's arguments directly,
- * without the classic tracepoint's trace-record copy; on a packet-heavy host these two
- * hooks run once per softirq, so that copy was a measurable part of their cost.
- */
-SEC("tp_btf/softirq_raise")
-int BPF_PROG(softirq_raise, unsigned int vec_nr)
+SEC("tracepoint/irq/softirq_raise")
+int softirq_raise(struct trace_event_raw_softirq *ctx)
 {
-	__u32 vec = vec_nr;
+	__u32 vec = ctx->vec;
 	__u64 *ts;
 
 	if (vec >= KP_NR_SOFTIRQS)
@@ -60,12 +55,12 @@ int BPF_PROG(softirq_raise, unsigned int vec_nr)
 	return 0;
 }
 
-SEC("tp_btf/softirq_entry")
-int BPF_PROG(softirq_entry, unsigned int vec_nr)
+SEC("tracepoint/irq/softirq_entry")
+int softirq_entry(struct trace_event_raw_softirq *ctx)
 {
 	struct kp_softirq_event *e;
 	__u64 *ts, *cnt, raise, now, lat;
-	__u32 vec = vec_nr, zone, idx;
+	__u32 vec = ctx->vec, zone, idx;
 
 	if (vec >= KP_NR_SOFTIRQS)
 		return 0;

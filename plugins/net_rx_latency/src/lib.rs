@@ -3,7 +3,7 @@
 //!
 //! | stage | tracepoint | HUATUO threshold |
 //! |---|---|---|
-//! | `RX_STAGE_NETIF` | `net/netif_receive_skb` (tp_btf) | Driver2NetRx 5 ms |
+//! | `RX_STAGE_NETIF` | `net/netif_receive_skb` | Driver2NetRx 5 ms |
 //! | `RX_STAGE_TCPV4` | `tcp/tcp_probe` (HUATUO: kprobe `tcp_v4_rcv`) | Driver2TCP 10 ms |
 //! | `RX_STAGE_USERCOPY` | `skb/skb_copy_datagram_iovec` | Driver2Userspace 115 ms |
 //!
@@ -208,7 +208,7 @@ impl NetRxLatency {
                 Global::u32("ratelimit_nr_cpus", self.nr_cpus),
             ],
         )?;
-        object.attach("rx_netif", Attach::TpBtf("netif_receive_skb".to_owned()))?;
+        object.attach("rx_netif", Attach::tracepoint("net", "netif_receive_skb"))?;
         object.attach("rx_tcp", Attach::tracepoint("tcp", "tcp_probe"))?;
         object.attach(
             "rx_usercopy",

@@ -114,9 +114,8 @@ impl Tracing for Softirq {
                 self.settings.threshold_ns,
             )],
         )?;
-        // BTF-typed tracepoints: the irq/softirq_* tracepoints without the trace-record copy.
-        object.attach("softirq_raise", Attach::TpBtf("softirq_raise".to_owned()))?;
-        object.attach("softirq_entry", Attach::TpBtf("softirq_entry".to_owned()))?;
+        object.attach("softirq_raise", Attach::tracepoint("irq", "softirq_raise"))?;
+        object.attach("softirq_entry", Attach::tracepoint("irq", "softirq_entry"))?;
         object.subscribe("events")?;
         self.object = Some(object);
         Ok(())
