@@ -592,9 +592,11 @@ fn overhead() {
     let (mut yield_ratios, mut packet_ratios) = (Vec::new(), Vec::new());
     // Direct CPU accounting of the with-agent runs: the kernel's per-program BPF run time
     // (kernel.bpf_stats_enabled) and the agent's own CPU, against the machine's capacity.
-    let stats_was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let stats_was =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    let mut cost: std::collections::BTreeMap<String, (f64, f64)> = std::collections::BTreeMap::new();
+    let mut cost: std::collections::BTreeMap<String, (f64, f64)> =
+        std::collections::BTreeMap::new();
     let (mut agent_ns, mut measured_secs) = (0.0f64, 0.0f64);
     for round in 1..=rounds {
         let with_first = round % 2 == 0;
@@ -722,9 +724,7 @@ fn overhead_each() {
     println!(
         "\n## Workload overhead per event plugin: same workload, {seconds} s runs, 2 paired rounds (ABBA) each"
     );
-    println!(
-        "| plugin | context switches: slowdown | packets: slowdown |\n|---|---|---|"
-    );
+    println!("| plugin | context switches: slowdown | packets: slowdown |\n|---|---|---|");
     for name in [
         "dropwatch",
         "softirq",
