@@ -425,6 +425,9 @@ fn rotated_path(current: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Largest write of one tracer's lines; a file overshoots its rotation size by at most this.
+const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+
 /// How often the writer makes the sink's queue durable against power loss.
 const SINK_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -477,21 +480,16 @@ impl Writer {
                     let buf = pending.entry(line.tracer.clone()).or_default();
                     buf.push_str(&line.text);
                     buf.push('\n');
+                    // Bounded chunks, so that a burst still rotates at the configured size.
+                    if buf.len() >= WRITE_CHUNK_BYTES {
+                        let text = std::mem::take(buf);
+                        self.write_lines(&line.tracer, &text);
+                    }
                 }
             }
             for (tracer, text) in pending.drain() {
-                let count = text.bytes().filter(|&b| b == b'\n').count() as u64;
-                match self.append(&tracer, text.as_bytes()) {
-                    Ok(()) => {
-                        if let Ok(mut written) = self.stats.written.lock() {
-                            *written.entry(tracer).or_default() += count;
-                        }
-                    }
-                    Err(err) => {
-                        self.stats.write_errors.fetch_add(count, Ordering::Relaxed);
-                        tracing::error!(%tracer, %err, "cannot write events to the local store");
-                        self.files.remove(&tracer);
-                    }
+                if !text.is_empty() {
+                    self.write_lines(&tracer, &text);
                 }
             }
             if let Some(sink) = &self.sink
@@ -501,6 +499,23 @@ impl Writer {
                 // durable against power loss too.
                 sink.flush();
                 last_sync = Instant::now();
+            }
+        }
+    }
+
+    /// Appends complete lines to a tracer's file, counting them as written or failed.
+    fn write_lines(&mut self, tracer: &str, text: &str) {
+        let count = text.bytes().filter(|&b| b == b'\n').count() as u64;
+        match self.append(tracer, text.as_bytes()) {
+            Ok(()) => {
+                if let Ok(mut written) = self.stats.written.lock() {
+                    *written.entry(tracer.to_owned()).or_default() += count;
+                }
+            }
+            Err(err) => {
+                self.stats.write_errors.fetch_add(count, Ordering::Relaxed);
+                tracing::error!(%tracer, %err, "cannot write events to the local store");
+                self.files.remove(tracer);
             }
         }
     }
