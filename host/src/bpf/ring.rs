@@ -223,6 +223,9 @@ impl RingConsumer {
     /// Runs `call` on the next run of committed records (skipping runs that are all
     /// discarded), then releases it; returns the number of records and `call`'s result.
     pub fn with_next_region<R>(&mut self, call: impl FnOnce(&[u8]) -> R) -> Option<(usize, R)> {
+        // Nothing committed yet (only reservations in progress) must not look like a full
+        // batch, or the doorbell would ring again at once instead of waiting for the tick.
+        self.last_full = false;
         loop {
             let region = self.next_region(MAX_BATCH_RECORDS, MAX_BATCH_BYTES)?;
             self.last_full = region.full;
