@@ -68,6 +68,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/jvm-node.sh
+source "$REPO/scripts/lib/jvm-node.sh"
 
 CMD="${1:-}"
 case "$CMD" in
@@ -75,9 +77,9 @@ case "$CMD" in
     *) PROFILE=plain ;;
 esac
 
-OS_USER="${OPENSEARCH_USER:-kpulse-os}"
+NODE_USER="${OPENSEARCH_USER:-kpulse-os}"
 if [ "$PROFILE" = plain ]; then
-    OS_VERSION="${OPENSEARCH_VERSION:-2.19.6}"
+    NODE_VERSION="${OPENSEARCH_VERSION:-2.19.6}"
     STATE="${OPENSEARCH_HOME_DIR:-$REPO/.opensearch}"
     HOST="${OPENSEARCH_HOST:-127.0.0.1}"
     PORT="${OPENSEARCH_PORT:-9200}"
@@ -87,7 +89,7 @@ if [ "$PROFILE" = plain ]; then
     CLUSTER_NAME="kpulse-dev"
     SCHEME=http
 else
-    OS_VERSION="${OPENSEARCH_SECURE_VERSION:-2.19.4}"
+    NODE_VERSION="${OPENSEARCH_SECURE_VERSION:-2.19.4}"
     STATE="${OPENSEARCH_SECURE_HOME_DIR:-$REPO/.opensearch-secure}"
     HOST="${OPENSEARCH_SECURE_HOST:-127.0.0.1}"
     PORT="${OPENSEARCH_SECURE_PORT:-9201}"
@@ -100,23 +102,18 @@ else
     SEC_PASSWORD="${OPENSEARCH_SECURE_PASSWORD:-kpulse-secret-1}"
     ADMIN_USER="admin"
     ADMIN_PASSWORD="${OPENSEARCH_SECURE_ADMIN_PASSWORD:-admin}"
-    PLUGIN_ARTIFACT="org.opensearch.plugin:opensearch-security:${OS_VERSION}.0:zip"
+    PLUGIN_ARTIFACT="org.opensearch.plugin:opensearch-security:${NODE_VERSION}.0:zip"
 fi
-ARTIFACT="org.opensearch.distribution.integ-test-zip:opensearch:${OS_VERSION}:zip"
+ARTIFACT="org.opensearch.distribution.integ-test-zip:opensearch:${NODE_VERSION}:zip"
 
-URL_HOST="$HOST"
-[[ "$HOST" == *:* ]] && URL_HOST="[$HOST]"   # IPv6 literal
-URL="${SCHEME}://${URL_HOST}:${PORT}"
-
-OS_HOME="$STATE/opensearch-$OS_VERSION"
-CONF_DIR="$STATE/config"
-DATA_DIR="$STATE/data"
-LOG_DIR="$STATE/logs"
-TMP_DIR="$STATE/tmp"
-DIST_DIR="$STATE/dist"
-PID_FILE="$STATE/opensearch.pid"
-CONSOLE_LOG="$LOG_DIR/console.log"
-SERVER_LOG="$LOG_DIR/$CLUSTER_NAME.log"
+NODE_KIND=opensearch
+NODE_PRODUCT=OpenSearch
+NODE_ENV_PREFIX=OPENSEARCH
+NODE_JVM_CLASSES=(org.opensearch.bootstrap.OpenSearch)
+NODE_LOG_ERRORS='\[ERROR\]|^Likely root cause|Exception:|^Error'
+NODE_STOP_SCOPE=pid
+LOG_PREFIX=opensearch
+jvm_node_layout
 
 # Secure node only: certificates, security config, connection settings for the tests.
 CERT_DIR="$STATE/certs"
@@ -135,138 +132,31 @@ ADMIN_DN="CN=kpulse-admin,O=kpulse-dev"
 CURL_ARGS=()
 if [ "$PROFILE" = secure ]; then CURL_ARGS=(--cacert "$CA_CERT" -u "$SEC_USER:$SEC_PASSWORD"); fi
 
-log() { echo "opensearch: $*"; }
-die() { echo "opensearch: error: $*" >&2; exit 1; }
-
-is_root() { [ "$(id -u)" -eq 0 ]; }
-
 # ---------------------------------------------------------------------------------------------
 # Prerequisites (Debian packages only)
 
-APT_UPDATED=0
-apt_install() {
-    is_root || die "missing $*: install it (needs root: apt-get install $*)"
-    log "installing Debian packages: $*"
-    # `apt-get update` only when the package lists are missing or the install fails with them.
-    if [ "$APT_UPDATED" -eq 0 ] && ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-        apt-get update -qq && APT_UPDATED=1
-    fi
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
-        [ "$APT_UPDATED" -eq 0 ] || die "apt-get install $* failed"
-        apt-get update -qq && APT_UPDATED=1
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    fi
-}
-
-need_cmd() {   # need_cmd COMMAND DEBIAN_PACKAGE
-    command -v "$1" >/dev/null 2>&1 || apt_install "$2"
-}
-
-java_major() {   # prints the feature version of the java binary $1
-    "$1" -XshowSettings:properties -version 2>&1 \
-        | sed -n 's/^ *java\.specification\.version = \([0-9.]*\).*/\1/p' | sed 's/^1\.//; s/\..*//'
-}
-
-# Sets JAVA_HOME_FOR_OS to a Java that OpenSearch 2.19 runs on (11..23; it needs the
-# SecurityManager, which Java 24 removed). Installs openjdk-17-jre-headless if there is none.
-find_java() {
-    local cand java major
-    for cand in "${OPENSEARCH_JAVA_HOME:-}" /usr/lib/jvm/java-17-openjdk-* \
-                "$(dirname "$(dirname "$(readlink -f "$(command -v java 2>/dev/null || echo /nonexistent)")")")"; do
-        java="$cand/bin/java"
-        if [ -z "$cand" ] || [ ! -x "$java" ]; then continue; fi
-        major="$(java_major "$java")"
-        if [ -n "$major" ] && [ "$major" -ge 11 ] && [ "$major" -le 23 ]; then
-            JAVA_HOME_FOR_OS="$cand"
-            return 0
-        fi
-        if [ "$cand" = "${OPENSEARCH_JAVA_HOME:-}" ]; then
-            die "OPENSEARCH_JAVA_HOME=$cand is Java ${major:-?}; OpenSearch $OS_VERSION needs Java 11..23"
-        fi
-    done
-    apt_install openjdk-17-jre-headless
-    for cand in /usr/lib/jvm/java-17-openjdk-*; do
-        [ -x "$cand/bin/java" ] && JAVA_HOME_FOR_OS="$cand" && return 0
-    done
-    die "no usable Java found (wanted Java 17)"
-}
-
 ensure_prereqs() {
-    need_cmd curl curl
-    need_cmd unzip unzip
-    find_java
-    need_cmd mvn maven
+    # OpenSearch 2.19 runs on Java 11..23 (it needs the SecurityManager, which Java 24 removed).
+    ensure_jvm_prereqs OPENSEARCH_JAVA_HOME 11 23
     if [ "$PROFILE" = secure ]; then need_cmd openssl openssl; fi
 }
 
-# Runs the rest of the command line as the node's user (directly when not root).
-as_os_user() {
-    if is_root; then
-        setpriv --reuid="$OS_USER" --regid="$OS_USER" --init-groups -- "$@"
-    else
-        "$@"
-    fi
-}
-
-ensure_user() {
-    is_root || return 0
-    if ! id -u "$OS_USER" >/dev/null 2>&1; then
-        log "creating system user $OS_USER"
-        useradd --system --user-group --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin "$OS_USER"
-    fi
-}
-
 # ---------------------------------------------------------------------------------------------
-# Fetch and unpack
-
-ensure_distribution() {
-    [ -x "$OS_HOME/bin/opensearch" ] && return 0
-    local zip="$DIST_DIR/opensearch-$OS_VERSION.zip"
-    mkdir -p "$DIST_DIR"
-    if [ ! -s "$zip" ]; then
-        log "fetching $ARTIFACT from Maven Central"
-        # Run outside any Maven project so that no pom.xml is picked up.
-        if ! (cd "$DIST_DIR" && mvn -B -q -Dstyle.color=never dependency:copy \
-                -Dartifact="$ARTIFACT" -DoutputDirectory="$DIST_DIR" -Dmdep.overWriteIfNewer=true); then
-            die "mvn could not fetch $ARTIFACT (is the version served? set OPENSEARCH_VERSION)"
-        fi
-        [ -s "$zip" ] || die "mvn did not produce $zip"
-    fi
-    log "unpacking $zip"
-    local tmp="$STATE/.unpack.$$"
-    rm -rf "$tmp"
-    mkdir -p "$tmp"
-    unzip -q "$zip" -d "$tmp"
-    [ -x "$tmp/opensearch-$OS_VERSION/bin/opensearch" ] || { rm -rf "$tmp"; die "unexpected layout in $zip"; }
-    rm -rf "$OS_HOME"
-    mv "$tmp/opensearch-$OS_VERSION" "$OS_HOME"
-    rm -rf "$tmp"
-    # The zip stays in Maven's local repository; no need for a second copy here.
-    rm -f "$zip"
-}
+# Fetch and install the security plugin (the distribution: ensure_distribution)
 
 # Secure node: the security plugin, installed offline into the distribution. Its default
-# security config lands in $OS_HOME/config/opensearch-security (templates for write_security_config).
+# security config lands in $NODE_HOME/config/opensearch-security (templates for write_security_config).
 ensure_security_plugin() {
-    [ -f "$OS_HOME/plugins/opensearch-security/plugin-descriptor.properties" ] && return 0
-    local zip="$DIST_DIR/opensearch-security-$OS_VERSION.0.zip"
-    mkdir -p "$DIST_DIR"
-    if [ ! -s "$zip" ]; then
-        log "fetching $PLUGIN_ARTIFACT from Maven Central"
-        if ! (cd "$DIST_DIR" && mvn -B -q -Dstyle.color=never dependency:copy \
-                -Dartifact="$PLUGIN_ARTIFACT" -DoutputDirectory="$DIST_DIR" -Dmdep.overWriteIfNewer=true); then
-            die "mvn could not fetch $PLUGIN_ARTIFACT (the plugin must match OpenSearch $OS_VERSION exactly; set OPENSEARCH_SECURE_VERSION to a version with a security plugin on Maven)"
-        fi
-        [ -s "$zip" ] || die "mvn did not produce $zip"
-    fi
+    [ -f "$NODE_HOME/plugins/opensearch-security/plugin-descriptor.properties" ] && return 0
+    local zip="$DIST_DIR/opensearch-security-$NODE_VERSION.0.zip"
+    maven_fetch "$PLUGIN_ARTIFACT" "$zip" "the plugin must match OpenSearch $NODE_VERSION exactly; set OPENSEARCH_SECURE_VERSION to a version with a security plugin on Maven"
     log "installing the security plugin from $zip"
-    rm -rf "$OS_HOME/plugins/opensearch-security"
+    rm -rf "$NODE_HOME/plugins/opensearch-security"
     # opensearch-plugin prints the plugin's extra permissions; --batch accepts them.
-    env "OPENSEARCH_JAVA_HOME=$JAVA_HOME_FOR_OS" "OPENSEARCH_PATH_CONF=$OS_HOME/config" \
-        "$OS_HOME/bin/opensearch-plugin" install --batch "file://$zip" >"$STATE/plugin-install.log" 2>&1 \
+    env "OPENSEARCH_JAVA_HOME=$NODE_JAVA_HOME" "OPENSEARCH_PATH_CONF=$NODE_HOME/config" \
+        "$NODE_HOME/bin/opensearch-plugin" install --batch "file://$zip" >"$STATE/plugin-install.log" 2>&1 \
         || { cat "$STATE/plugin-install.log" >&2; die "installing the security plugin failed"; }
-    [ -f "$OS_HOME/config/opensearch-security/roles.yml" ] \
+    [ -f "$NODE_HOME/config/opensearch-security/roles.yml" ] \
         || die "the security plugin installed no config/opensearch-security/roles.yml"
     rm -f "$zip"
 }
@@ -367,8 +257,8 @@ bcrypt_hash() {
     hash="$(awk -v u="$user" -v s="$sum" '$1 == u && $2 == s { print $3; exit }' "$HASH_CACHE" 2>/dev/null)"
     if [ -z "$hash" ]; then
         # shellcheck disable=SC2016  # a literal $ in the pattern
-        hash="$(env "OPENSEARCH_JAVA_HOME=$JAVA_HOME_FOR_OS" \
-            bash "$OS_HOME/plugins/opensearch-security/tools/hash.sh" -p "$pw" | grep -E '^\$2[aby]?\$' | tail -n 1)" \
+        hash="$(env "OPENSEARCH_JAVA_HOME=$NODE_JAVA_HOME" \
+            bash "$NODE_HOME/plugins/opensearch-security/tools/hash.sh" -p "$pw" | grep -E '^\$2[aby]?\$' | tail -n 1)" \
             || true
         [ -n "$hash" ] || die "could not hash the password of $user with the plugin's tools/hash.sh"
         { grep -v "^$user " "$HASH_CACHE" 2>/dev/null || true; echo "$user $sum $hash"; } >"$HASH_CACHE.tmp"
@@ -386,7 +276,7 @@ security_digest() {
 write_security_config() {
     [[ "$SEC_USER" =~ ^[A-Za-z0-9._-]+$ ]] || die "OPENSEARCH_SECURE_USER must be letters, digits, . _ -"
     [ "$SEC_USER" != "$ADMIN_USER" ] || die "OPENSEARCH_SECURE_USER must not be $ADMIN_USER"
-    local user_hash admin_hash tpl="$OS_HOME/config/opensearch-security" f
+    local user_hash admin_hash tpl="$NODE_HOME/config/opensearch-security" f
     user_hash="$(bcrypt_hash "$SEC_USER" "$SEC_PASSWORD")"
     admin_hash="$(bcrypt_hash "$ADMIN_USER" "$ADMIN_PASSWORD")"
     rm -rf "$SEC_CONF_DIR"
@@ -499,8 +389,8 @@ EOF
 push_security_config() {
     log "security config changed since the security index was made; applying it with securityadmin"
     local out
-    if ! out="$(env "OPENSEARCH_JAVA_HOME=$JAVA_HOME_FOR_OS" \
-            bash "$OS_HOME/plugins/opensearch-security/tools/securityadmin.sh" \
+    if ! out="$(env "OPENSEARCH_JAVA_HOME=$NODE_JAVA_HOME" \
+            bash "$NODE_HOME/plugins/opensearch-security/tools/securityadmin.sh" \
             -cd "$SEC_CONF_DIR" -icl -nhnv -h "$HOST" -p "$PORT" -cacert "$CA_CERT" \
             -cert "$CERT_DIR/admin.pem" -key "$CERT_DIR/admin-key.pem" 2>&1)"; then
         echo "$out" | tail -n 20 >&2
@@ -530,124 +420,28 @@ EOF
     cat "$ENV_FILE"
 }
 
-# Our own config dir: the distribution's jvm.options / log4j2.properties, plus opensearch.yml
-# written anew on every start from the current environment.
+# Our own config dir (write_node_config), the security settings on the secure node.
 write_config() {
-    mkdir -p "$CONF_DIR" "$DATA_DIR" "$LOG_DIR" "$TMP_DIR"
-    local f
-    cp -f "$OS_HOME/config/log4j2.properties" "$CONF_DIR/"
-    # jvm.options names paths relative to the distribution (GC log, crash files, heap dumps):
-    # put them under the state dir's logs.
-    sed -e "s#HeapDumpPath=data#HeapDumpPath=$LOG_DIR#" -e "s#logs/#$LOG_DIR/#g" \
-        "$OS_HOME/config/jvm.options" >"$CONF_DIR/jvm.options"
-    mkdir -p "$CONF_DIR/jvm.options.d"
-    cat >"$CONF_DIR/opensearch.yml" <<EOF
-# Written by scripts/opensearch.sh on each start; edits are lost.
-cluster.name: $CLUSTER_NAME
-node.name: node-0
-path.data: $DATA_DIR
-path.logs: $LOG_DIR
-network.host: $HOST
-http.port: $PORT
-transport.port: $TRANSPORT_PORT
-discovery.type: single-node
-# Tests run on small, nearly full disks: never turn indices read-only over disk usage.
-cluster.routing.allocation.disk.threshold_enabled: false
+    write_node_config opensearch.yml <<EOF
 # The integ-test distribution has no security plugin, so there are no plugins.security.* settings.
 EOF
     if [ "$PROFILE" = secure ]; then
         write_security_config
         write_secure_config
     fi
-    # The version this config was written for (the node refuses data from a newer version).
-    echo "$OS_VERSION" >"$STATE/VERSION"
-    if is_root; then
-        chown -R "$OS_USER:$OS_USER" "$OS_HOME" "$CONF_DIR" "$DATA_DIR" "$LOG_DIR" "$TMP_DIR"
-        as_os_user test -w "$DATA_DIR" \
-            || die "user $OS_USER cannot write $DATA_DIR (a parent directory is not searchable?); set OPENSEARCH_HOME_DIR"
-    fi
+    finish_node_config OPENSEARCH_HOME_DIR
 }
 
 # ---------------------------------------------------------------------------------------------
-# State
+# Hooks of cmd_start and cmd_stop (scripts/lib/jvm-node.sh)
 
-# Prints the pid of our node if its pid file names a live OpenSearch process.
-node_pid() {
-    [ -s "$PID_FILE" ] || return 1
-    local pid
-    pid="$(tr -dc '0-9' <"$PID_FILE")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse: the process must be our launcher or our JVM.
-    # (Two nodes may run, so the JVM must also be the one of our distribution.)
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -e 'org.opensearch.bootstrap.OpenSearch' -e "$OS_HOME/bin/opensearch" \
-        || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -e "$OS_HOME/" || return 1
-    echo "$pid"
-}
-
-healthy() {
-    local body
-    body="$(curl -fsS --max-time 5 "${CURL_ARGS[@]}" "$URL/_cluster/health?wait_for_status=yellow&timeout=1s" 2>/dev/null)" || return 1
-    grep -Eq '"status" *: *"(green|yellow)"' <<<"$body"
-}
-
-cluster_status() {
-    curl -fsS --max-time 5 "${CURL_ARGS[@]}" "$URL/_cluster/health" 2>/dev/null | sed -n 's/.*"status" *: *"\([a-z]*\)".*/\1/p'
-}
-
-show_logs() {
-    # console.log has everything the node printed, including errors from before its logging
-    # started (bad JVM options, wrong Java); the server log holds the same once logging is up.
-    local f="$CONSOLE_LOG"
-    [ -s "$f" ] || f="$SERVER_LOG"
-    [ -s "$f" ] || { echo "opensearch: no log output in $LOG_DIR" >&2; return 0; }
-    if grep -qE '\[ERROR\]|^Likely root cause|Exception:|^Error' "$f"; then
-        echo "----- errors in $f -----" >&2
-        grep -E '\[ERROR\]|^Likely root cause|Exception:|^Error' "$f" | head -n 8 | cut -c1-400 >&2
-    fi
-    echo "----- last lines of $f -----" >&2
-    tail -n 30 "$f" | cut -c1-400 >&2
-    echo "----- (all logs: $LOG_DIR) -----" >&2
-}
-
-lock() {
-    mkdir -p "$STATE"
-    exec 9>"$STATE/.lock"
-    flock -w 300 9 || die "another opensearch.sh holds $STATE/.lock"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Commands
-
-cmd_start() {
-    lock
-    local pid
-    if pid="$(node_pid)"; then
-        if healthy; then
-            log "already running (pid $pid) and healthy ($(cluster_status)) at $URL"
-            if [ "$PROFILE" = secure ]; then publish_env; fi
-            return 0
-        fi
-        log "already running (pid $pid) but not healthy yet; waiting"
-        wait_healthy "$pid"
-        return
-    fi
-    rm -f "$PID_FILE"
-    if healthy; then
-        log "an OpenSearch node not started from $STATE already answers healthy at $URL; using it"
-        if [ "$PROFILE" = secure ]; then publish_env; fi
-        return 0
-    fi
-
+node_prepare() {
     ensure_prereqs
     ensure_user
-    ensure_distribution
+    ensure_distribution "is the version served? set OPENSEARCH_VERSION"
     if [ "$PROFILE" = secure ]; then
         ensure_security_plugin
         ensure_certs
-    fi
-    if [ -s "$STATE/VERSION" ] && [ "$(cat "$STATE/VERSION")" != "$OS_VERSION" ]; then
-        log "note: $DATA_DIR was last used by OpenSearch $(cat "$STATE/VERSION")"
     fi
     write_config
     if [ "$PROFILE" = secure ]; then
@@ -655,112 +449,30 @@ cmd_start() {
         # Without data, the node makes its security index from the files just written.
         [ -d "$DATA_DIR/nodes" ] || echo "$SEC_DIGEST" >"$SEC_APPLIED"
     fi
+}
 
-    log "starting OpenSearch $OS_VERSION at $URL (heap: $JAVA_OPTS, logs: $LOG_DIR)"
-    : >"$CONSOLE_LOG"
-    is_root && chown "$OS_USER:$OS_USER" "$CONSOLE_LOG"
-    # setsid: own session, so the node outlives this shell. The exec chain
-    # setsid -> setpriv -> env -> bin/opensearch -> java keeps one pid: $! is the node's JVM.
-    # fd 9 (the lock) must not be inherited by the node.
-    # OpenSearch asks for 65535 open files (only a warning on loopback); raise it if we may.
-    ulimit -n 65535 2>/dev/null || true
-    local -a run=(env -i
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        "HOME=$STATE" "LANG=C.UTF-8"
-        "OPENSEARCH_JAVA_HOME=$JAVA_HOME_FOR_OS"
-        "OPENSEARCH_JAVA_OPTS=$JAVA_OPTS"
-        "OPENSEARCH_PATH_CONF=$CONF_DIR"
-        "OPENSEARCH_TMPDIR=$TMP_DIR"
-        "$OS_HOME/bin/opensearch")
-    if is_root; then
-        setsid setpriv --reuid="$OS_USER" --regid="$OS_USER" --init-groups -- "${run[@]}" \
-            </dev/null >>"$CONSOLE_LOG" 2>&1 9>&- &
-    else
-        setsid "${run[@]}" </dev/null >>"$CONSOLE_LOG" 2>&1 9>&- &
+node_wait_step() {
+    # Secure node with older data: once it answers (security index loaded), bring the index
+    # up to date with the config files.
+    if [ "$PROFILE" = secure ] && [ -n "${SEC_DIGEST:-}" ] \
+            && [ "$(cat "$SEC_APPLIED" 2>/dev/null)" != "$SEC_DIGEST" ]; then
+        case "$(http_code)" in
+            200|401|403) push_security_config ;;
+        esac
     fi
-    pid=$!
-    echo "$pid" >"$PID_FILE"
-    wait_healthy "$pid"
 }
 
-wait_healthy() {
-    local pid="$1" start=$SECONDS
-    while (( SECONDS - start < START_TIMEOUT )); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PID_FILE"
-            echo "opensearch: error: the node (pid $pid) exited during startup" >&2
-            show_logs
-            exit 1
-        fi
-        # Secure node with older data: once it answers (security index loaded), bring the index
-        # up to date with the config files.
-        if [ "$PROFILE" = secure ] && [ -n "${SEC_DIGEST:-}" ] \
-                && [ "$(cat "$SEC_APPLIED" 2>/dev/null)" != "$SEC_DIGEST" ]; then
-            case "$(http_code)" in
-                200|401|403) push_security_config ;;
-            esac
-        fi
-        if healthy; then
-            log "healthy ($(cluster_status)) after $((SECONDS - start)) s: $URL (pid $pid)"
-            if [ "$PROFILE" = secure ]; then publish_env; fi
-            return 0
-        fi
-        sleep 1
-    done
-    echo "opensearch: error: not healthy after ${START_TIMEOUT} s (pid $pid still running; see $LOG_DIR)" >&2
-    show_logs
-    exit 1
+node_ready() {
+    if [ "$PROFILE" = secure ]; then publish_env; fi
 }
 
-cmd_stop() {
-    lock
-    local pid
+node_stop_prepare() {
     if [ "$PROFILE" = secure ]; then rm -f "$ENV_FILE"; fi
-    if ! pid="$(node_pid)"; then
-        rm -f "$PID_FILE"
-        log "not running"
-        return 0
-    fi
-    log "stopping pid $pid"
-    kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 60; i++)); do   # up to 30 s
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.5
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "still running after 30 s; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 20; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-    fi
-    rm -f "$PID_FILE"
-    log "stopped"
-}
-
-cmd_status() {
-    local pid
-    if pid="$(node_pid)"; then
-        if healthy; then
-            log "running (pid $pid), healthy ($(cluster_status)) at $URL"
-            return 0
-        fi
-        log "running (pid $pid), NOT healthy at $URL"
-        return 1
-    fi
-    if healthy; then
-        log "no node from $STATE is running, but a node answers healthy ($(cluster_status)) at $URL"
-        return 0
-    fi
-    log "not running"
-    return 3
 }
 
 case "$CMD" in
-    start|start-secure) cmd_start ;;
+    start|start-secure) cmd_start "an OpenSearch node" ;;
     stop|stop-secure) cmd_stop ;;
-    status|status-secure) cmd_status ;;
+    status|status-secure) cmd_status "a node" ;;
     *) echo "usage: $0 start|stop|status|start-secure|stop-secure|status-secure" >&2; exit 2 ;;
 esac

@@ -16,10 +16,11 @@ echo "== build"
 build_all
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+plugins="$(workspace_crates plugins)"
 plugin_packages=()
-for toml in plugins/*/Cargo.toml; do
-    plugin_packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$toml" | head -n1)")
-done
+while IFS=$'\t' read -r _ package _; do
+    plugin_packages+=(-p "$package")
+done <<<"$plugins"
 cargo clippy --target wasm32-wasip2 -p kpulse-sdk "${plugin_packages[@]}" -- -D warnings
 echo "== tests"
 # Real single-node OpenSearch clusters (idempotent): a plain one for
