@@ -12,6 +12,10 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 
 echo "== format"
 cargo fmt --all -- --check
+echo "== generated record layouts"
+scripts/gen-records.sh
+git diff --exit-code guest-sdk/src/records.rs ||
+    { echo "guest-sdk/src/records.rs is stale: run scripts/gen-records.sh and commit it" >&2; exit 1; }
 echo "== build"
 build_all
 echo "== clippy"

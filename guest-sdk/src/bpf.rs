@@ -12,6 +12,7 @@
 
 use crate::bindings::kpulse::plugin::bpf as raw;
 use crate::error::{Error, Result};
+use crate::records;
 
 pub use raw::AttachPoint as Attach;
 pub use raw::UprobeTarget;
@@ -278,16 +279,18 @@ impl<'a> Record<'a> {
         (0..count).map(|i| self.u64_at(offset + i * 8)).collect()
     }
 
-    /// The common header of kpulse's BPF records (`struct kp_event_header`).
+    /// The common header of kpulse's BPF records (`struct kp_event_header`). For a whole
+    /// record, use its type in [`crate::records`] (e.g. `records::DropEvent::parse(r.0)`).
     pub fn header(&self) -> EventHeader {
+        let h = records::EventHeader::parse_padded(self.0);
         EventHeader {
-            kind: self.u32_at(0),
-            cpu: self.u32_at(4),
-            ts_ns: self.u64_at(8),
-            pid: self.u32_at(16),
-            tgid: self.u32_at(20),
-            comm: self.str_at(24, 16),
-            cgroup_id: self.u64_at(40),
+            kind: h.kind,
+            cpu: h.cpu,
+            ts_ns: h.ts_ns,
+            pid: h.pid,
+            tgid: h.tgid,
+            comm: h.comm_str(),
+            cgroup_id: h.cgroup_id,
         }
     }
 }
@@ -309,7 +312,7 @@ pub struct EventHeader {
 }
 
 /// Size of [`EventHeader`] in a record.
-pub const HEADER_SIZE: usize = 48;
+pub const HEADER_SIZE: usize = records::EventHeader::SIZE;
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,7 @@ pub mod fs;
 pub mod log;
 pub mod metric;
 pub mod procfs;
+pub mod records;
 pub mod storage;
 
 #[doc(hidden)]

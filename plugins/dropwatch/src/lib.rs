@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use kpulse_sdk::bpf::{self, Attach, Global, Record};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::DropEvent;
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -125,11 +126,12 @@ impl Tracing for Dropwatch {
 
 impl Dropwatch {
     fn decode(&self, r: Record<'_>) -> Drop<'static> {
-        let h = r.header();
-        let reason = r.u32_at(64);
-        let depth = (r.u32_at(84) as usize).min(32);
-        let mut addresses = vec![r.u64_at(56)];
-        addresses.extend(r.u64s_at(104, depth));
+        let e = DropEvent::parse_padded(r.0);
+        let h = &e.hdr;
+        let reason = e.reason;
+        let depth = (e.stack_depth as usize).min(e.stack.len());
+        let mut addresses = vec![e.location];
+        addresses.extend_from_slice(&e.stack[..depth]);
         let mut symbols = bpf::symbolize(&addresses)
             .unwrap_or_else(|_| addresses.iter().map(|a| format!("0x{a:x}")).collect());
         let location = if symbols.is_empty() {
@@ -142,16 +144,16 @@ impl Dropwatch {
             drop_reason: self.reason_name(reason),
             drop_reason_code: reason,
             drop_location: location,
-            comm: h.comm,
+            comm: h.comm_str(),
             pid: h.pid,
             tgid: h.tgid,
             cpu: h.cpu,
-            net_namespace_inum: r.u32_at(80),
-            netdev_name: r.str_at(88, 16),
-            netdev_ifindex: r.u32_at(76),
-            packet_eth_proto: r.u16_at(68),
-            packet_len_bytes: r.u32_at(72),
-            packet_skb_addr: format!("0x{:x}", r.u64_at(48)),
+            net_namespace_inum: e.netns_inum,
+            netdev_name: e.ifname_str(),
+            netdev_ifindex: e.ifindex,
+            packet_eth_proto: e.protocol,
+            packet_len_bytes: e.len,
+            packet_skb_addr: format!("0x{:x}", e.skb_addr),
             stack: symbols,
         }
     }

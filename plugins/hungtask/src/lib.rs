@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use kpulse_sdk::bpf::{self, Attach, Record};
 use kpulse_sdk::fs::EntryKind;
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::{self, HungtaskEvent};
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -16,9 +17,6 @@ const OBJECT: &[u8] = include_bytes!(concat!(
     "/../../ebpf/build/hungtask.bpf.o"
 ));
 const TIMEOUT: &str = "/proc/sys/kernel/hung_task_timeout_secs";
-
-/// `enum kp_event_kind` value of hung-task records.
-const KIND_HUNGTASK: u32 = 3;
 
 /// `[plugins.hungtask]`.
 #[derive(Debug, Deserialize)]
@@ -121,7 +119,7 @@ impl Tracing for Hungtask {
     ) -> Result<()> {
         for record in records {
             let h = record.header();
-            if h.kind != KIND_HUNGTASK {
+            if h.kind != records::KP_EV_HUNGTASK {
                 continue;
             }
             let (tid, comm) = decode(record);
@@ -175,7 +173,8 @@ impl Hungtask {
 
 /// The hung task's thread id and comm.
 fn decode(r: Record<'_>) -> (u32, String) {
-    (r.u32_at(48), r.str_at(56, 16))
+    let e = HungtaskEvent::parse_padded(r.0);
+    (e.hung_pid, e.hung_comm_str())
 }
 
 fn tgid_of(tid: u32) -> Option<u32> {
@@ -275,9 +274,12 @@ mod tests {
 
     #[test]
     fn decodes_record() {
-        let mut b = vec![0u8; 72];
-        b[48..52].copy_from_slice(&4242u32.to_le_bytes());
-        b[56..61].copy_from_slice(b"touch");
+        let mut e = HungtaskEvent {
+            hung_pid: 4242,
+            ..HungtaskEvent::default()
+        };
+        e.hung_comm[..5].copy_from_slice(b"touch");
+        let b = e.to_bytes();
         assert_eq!(decode(Record(&b)), (4242, "touch".to_owned()));
         assert_eq!(decode(Record(&b[..50])), (0, String::new()));
     }

@@ -15,6 +15,7 @@
 
 use kpulse_sdk::bpf::{self, Attach, Global, Record};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::MemreclaimEvent;
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -155,23 +156,21 @@ impl Tracing for Memreclaim {
 }
 
 fn decode(r: Record<'_>) -> Reclaim {
-    let h = r.header();
-    let source = SOURCES
-        .get(r.u32_at(100) as usize)
-        .copied()
-        .unwrap_or("direct");
+    let e = MemreclaimEvent::parse_padded(r.0);
+    let h = &e.hdr;
+    let source = SOURCES.get(e.source as usize).copied().unwrap_or("direct");
     Reclaim {
         pid: h.tgid,
         tid: h.pid,
-        comm: h.comm,
+        comm: h.comm_str(),
         cpu: h.cpu,
-        reclaim_duration_ns: r.u64_at(48),
-        threshold_ns: r.u64_at(56),
+        reclaim_duration_ns: e.duration_ns,
+        threshold_ns: e.threshold_ns,
         source,
-        order: r.i32_at(96),
-        gfp_flags: r.u64_at(80),
-        nr_reclaimed: r.u64_at(72),
-        memcg_id: r.u64_at(88),
+        order: e.order,
+        gfp_flags: e.gfp_flags,
+        nr_reclaimed: e.nr_reclaimed,
+        memcg_id: e.memcg_id,
         cgroup_id: h.cgroup_id,
     }
 }
@@ -207,13 +206,15 @@ mod tests {
 
     #[test]
     fn decodes_a_memcg_record() {
-        let mut bytes = vec![0u8; 104];
-        bytes[16..20].copy_from_slice(&42u32.to_le_bytes());
-        bytes[20..24].copy_from_slice(&41u32.to_le_bytes());
-        bytes[24..26].copy_from_slice(b"dd");
-        bytes[48..56].copy_from_slice(&5_000u64.to_le_bytes());
-        bytes[96..100].copy_from_slice(&(-1i32).to_le_bytes());
-        bytes[100..104].copy_from_slice(&1u32.to_le_bytes());
+        let mut e = MemreclaimEvent {
+            duration_ns: 5_000,
+            order: -1,
+            source: kpulse_sdk::records::KP_RECLAIM_MEMCG,
+            ..MemreclaimEvent::default()
+        };
+        (e.hdr.pid, e.hdr.tgid) = (42, 41);
+        e.hdr.comm[..2].copy_from_slice(b"dd");
+        let bytes = e.to_bytes();
         let r = decode(Record(&bytes));
         assert_eq!((r.pid, r.tid, r.comm.as_str()), (41, 42, "dd"));
         assert_eq!(

@@ -23,8 +23,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use kpulse_sdk::bindings::kpulse::plugin::clock;
-use kpulse_sdk::bpf::{self, Attach, Global, Record};
+use kpulse_sdk::bpf::{self, Attach, Global};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::{self, NetRxLatencyEvent};
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -41,9 +42,9 @@ const AGENT_NETNS: &str = "/proc/self/ns/net";
 /// `enum kp_rx_stage` 1..=3 → HUATUO's stage names.
 const STAGES: [&str; 3] = ["RX_STAGE_NETIF", "RX_STAGE_TCPV4", "RX_STAGE_USERCOPY"];
 /// `KP_RX_F_IPV4`: addresses are valid.
-const F_IPV4: u8 = 1;
+const F_IPV4: u8 = records::KP_RX_F_IPV4 as u8;
 /// `KP_RX_F_TCP`: ports, sequence numbers are valid.
-const F_TCP: u8 = 2;
+const F_TCP: u8 = records::KP_RX_F_TCP as u8;
 /// How often the REALTIME − MONOTONIC offset is re-checked.
 const CLOCK_CHECK: Duration = Duration::from_secs(60);
 /// An offset change above this (a wall-clock step, not NTP slew) reloads the object.
@@ -177,10 +178,10 @@ impl Tracing for NetRxLatency {
         records: bpf::Records<'_>,
     ) -> Result<()> {
         for record in records {
-            let stage = record.u32_at(80);
-            let event = decode(record);
+            let record = NetRxLatencyEvent::parse_padded(record.0);
+            let event = decode(&record);
             storage::save("net_rx_latency", "", storage::now(), &event)?;
-            if let Some(count) = (stage as usize)
+            if let Some(count) = (record.stage as usize)
                 .checked_sub(1)
                 .and_then(|i| self.events.get_mut(i))
             {
@@ -250,26 +251,26 @@ fn parse_netns_inum(link: &str) -> Option<u32> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-fn decode(r: Record<'_>) -> RxLatency {
-    let h = r.header();
-    let flags = r.u8_at(119);
-    let ipv4 = |offset| {
+fn decode(r: &NetRxLatencyEvent) -> RxLatency {
+    let h = &r.hdr;
+    let flags = r.flags;
+    let ipv4 = |addr: u32| {
         if flags & F_IPV4 == 0 {
             String::new()
         } else {
             // Network byte order: the record's bytes are the address's octets.
-            Ipv4Addr::from(r.u32_at(offset).to_le_bytes()).to_string()
+            Ipv4Addr::from(addr.to_le_bytes()).to_string()
         }
     };
     let tcp = flags & F_TCP != 0;
-    let latency_ns = r.u64_at(48);
-    let threshold_ns = r.u64_at(56);
+    let latency_ns = r.latency_ns;
+    let threshold_ns = r.threshold_ns;
     RxLatency {
-        comm: h.comm,
+        comm: h.comm_str(),
         pid: h.tgid,
         tid: h.pid,
         cpu: h.cpu,
-        latency_stage: (r.u32_at(80) as usize)
+        latency_stage: (r.stage as usize)
             .checked_sub(1)
             .and_then(|i| STAGES.get(i))
             .copied()
@@ -278,18 +279,18 @@ fn decode(r: Record<'_>) -> RxLatency {
         latency_threshold_ms: threshold_ns / 1_000_000,
         latency_ns,
         latency_threshold_ns: threshold_ns,
-        netdev_name: r.str_at(120, 16),
-        netdev_ifindex: r.u32_at(88),
-        net_namespace_inum: r.u32_at(92),
-        tcp_state: tcp_state_name(r.u8_at(118)),
-        tcp_saddr: ipv4(96),
-        tcp_daddr: ipv4(100),
-        tcp_sport: if tcp { r.u16_at(104) } else { 0 },
-        tcp_dport: if tcp { r.u16_at(106) } else { 0 },
-        tcp_seq: if tcp { r.u32_at(108) } else { 0 },
-        tcp_ack_seq: if tcp { r.u32_at(112) } else { 0 },
-        packet_len_bytes: r.u32_at(84),
-        packet_skb_addr: format!("0x{:x}", r.u64_at(72)),
+        netdev_name: r.ifname_str(),
+        netdev_ifindex: r.ifindex,
+        net_namespace_inum: r.netns_inum,
+        tcp_state: tcp_state_name(r.tcp_state),
+        tcp_saddr: ipv4(r.saddr),
+        tcp_daddr: ipv4(r.daddr),
+        tcp_sport: if tcp { r.sport } else { 0 },
+        tcp_dport: if tcp { r.dport } else { 0 },
+        tcp_seq: if tcp { r.seq } else { 0 },
+        tcp_ack_seq: if tcp { r.ack_seq } else { 0 },
+        packet_len_bytes: r.len,
+        packet_skb_addr: format!("0x{:x}", r.skb_addr),
     }
 }
 
@@ -355,15 +356,18 @@ mod tests {
 
     #[test]
     fn decodes_a_tcp_record() {
-        let mut b = vec![0u8; 136];
-        b[48..56].copy_from_slice(&2_500_000u64.to_le_bytes());
-        b[80..84].copy_from_slice(&2u32.to_le_bytes());
-        b[96..100].copy_from_slice(&[127, 0, 0, 1]);
-        b[100..104].copy_from_slice(&[10, 1, 2, 3]);
-        b[104..106].copy_from_slice(&8080u16.to_le_bytes());
-        b[118] = 1;
-        b[119] = F_IPV4 | F_TCP;
-        let e = decode(Record(&b));
+        let b = NetRxLatencyEvent {
+            latency_ns: 2_500_000,
+            stage: records::KP_RX_STAGE_TCPV4,
+            saddr: u32::from_le_bytes([127, 0, 0, 1]),
+            daddr: u32::from_le_bytes([10, 1, 2, 3]),
+            sport: 8080,
+            tcp_state: 1,
+            flags: F_IPV4 | F_TCP,
+            ..NetRxLatencyEvent::default()
+        }
+        .to_bytes();
+        let e = decode(&NetRxLatencyEvent::parse_padded(&b));
         assert_eq!(e.latency_stage, "RX_STAGE_TCPV4");
         assert_eq!((e.latency_ms, e.tcp_sport), (2, 8080));
         assert_eq!(
@@ -371,6 +375,9 @@ mod tests {
             ("127.0.0.1", "10.1.2.3")
         );
         assert_eq!(e.tcp_state, "ESTABLISHED");
-        assert_eq!(decode(Record(&[])).latency_stage, "RX_STAGE_UNKNOWN");
+        assert_eq!(
+            decode(&NetRxLatencyEvent::parse_padded(&[])).latency_stage,
+            "RX_STAGE_UNKNOWN"
+        );
     }
 }

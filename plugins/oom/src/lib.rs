@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 
 use kpulse_sdk::bpf::{self, Attach, Global, Record};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::{
+    self, KP_OOM_HAS_COMM, KP_OOM_HAS_MM, KP_OOM_HAS_PGTABLES, KP_OOM_HAS_SCORE_ADJ,
+    KP_OOM_HAS_UID, KP_OOM_HAS_VICTIM_MEMCG, OomEvent,
+};
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -15,15 +19,6 @@ const OBJECT: &[u8] = include_bytes!(concat!(
     "/../../ebpf/build/oom.bpf.o"
 ));
 
-/// `enum kp_event_kind` value of OOM records.
-const KIND_OOM: u32 = 2;
-/// `kp_oom_event.valid` bits.
-const HAS_COMM: u32 = 1 << 0;
-const HAS_MM: u32 = 1 << 1;
-const HAS_UID: u32 = 1 << 2;
-const HAS_PGTABLES: u32 = 1 << 3;
-const HAS_SCORE_ADJ: u32 = 1 << 4;
-const HAS_VICTIM_MEMCG: u32 = 1 << 5;
 /// Distinct victim comms tracked by the `victims` metric; later ones count as "other".
 const MAX_VICTIM_COMMS: usize = 100;
 /// Where cgroup v1 controllers and the cgroup v2 hierarchy are mounted.
@@ -171,7 +166,7 @@ impl Tracing for Oom {
         records: bpf::Records<'_>,
     ) -> Result<()> {
         for record in records {
-            if record.header().kind != KIND_OOM {
+            if record.header().kind != records::KP_EV_OOM {
                 continue;
             }
             let mut document = decode(record);
@@ -205,34 +200,34 @@ impl Oom {
 }
 
 fn decode(r: Record<'_>) -> Document {
-    let h = r.header();
-    let valid = r.u32_at(124);
-    let has = |bit: u32| valid & bit != 0;
-    let mm = |offset: usize| has(HAS_MM).then(|| r.u64_at(offset));
+    let e = OomEvent::parse_padded(r.0);
+    let h = &e.hdr;
+    let has = |bit: u32| e.valid & bit != 0;
+    let mm = |kb: u64| has(KP_OOM_HAS_MM).then_some(kb);
     Document {
         trigger: Trigger {
             pid: h.tgid,
             tid: h.pid,
-            comm: h.comm,
-            memory_cgroup_id: r.u64_at(48),
+            comm: h.comm_str(),
+            memory_cgroup_id: e.trigger_memcg_id,
             cgroup: None,
             container_id: String::new(),
         },
         victim: Victim {
-            pid: r.u32_at(56),
-            uid: has(HAS_UID).then(|| r.u32_at(60)),
-            comm: if has(HAS_COMM) {
-                r.str_at(64, 16)
+            pid: e.victim_pid,
+            uid: has(KP_OOM_HAS_UID).then_some(e.victim_uid),
+            comm: if has(KP_OOM_HAS_COMM) {
+                e.victim_comm_str()
             } else {
                 String::new()
             },
-            total_vm_kb: mm(80),
-            anon_rss_kb: mm(88),
-            file_rss_kb: mm(96),
-            shmem_rss_kb: mm(104),
-            pgtables_kb: has(HAS_PGTABLES).then(|| r.u64_at(112)),
-            oom_score_adj: has(HAS_SCORE_ADJ).then(|| r.i16_at(120)),
-            memory_cgroup_id: has(HAS_VICTIM_MEMCG).then(|| r.u64_at(128)),
+            total_vm_kb: mm(e.victim_total_vm_kb),
+            anon_rss_kb: mm(e.victim_anon_rss_kb),
+            file_rss_kb: mm(e.victim_file_rss_kb),
+            shmem_rss_kb: mm(e.victim_shmem_rss_kb),
+            pgtables_kb: has(KP_OOM_HAS_PGTABLES).then_some(e.victim_pgtables_kb),
+            oom_score_adj: has(KP_OOM_HAS_SCORE_ADJ).then_some(e.victim_oom_score_adj),
+            memory_cgroup_id: has(KP_OOM_HAS_VICTIM_MEMCG).then_some(e.victim_memcg_id),
             cgroup: None,
             container_id: String::new(),
         },
@@ -354,19 +349,19 @@ mod tests {
 
     #[test]
     fn decodes_record_with_valid_bits() {
-        let mut b = vec![0u8; 136];
-        b[0..4].copy_from_slice(&KIND_OOM.to_le_bytes());
-        b[16..20].copy_from_slice(&41u32.to_le_bytes());
-        b[20..24].copy_from_slice(&40u32.to_le_bytes());
-        b[24..28].copy_from_slice(b"tail");
-        b[48..56].copy_from_slice(&777u64.to_le_bytes());
-        b[56..60].copy_from_slice(&41u32.to_le_bytes());
-        b[64..68].copy_from_slice(b"tail");
-        b[88..96].copy_from_slice(&65000u64.to_le_bytes());
-        b[120..122].copy_from_slice(&(-17i16).to_le_bytes());
-        let valid = HAS_COMM | HAS_MM | HAS_SCORE_ADJ | HAS_VICTIM_MEMCG;
-        b[124..128].copy_from_slice(&valid.to_le_bytes());
-        b[128..136].copy_from_slice(&777u64.to_le_bytes());
+        let mut e = OomEvent {
+            trigger_memcg_id: 777,
+            victim_pid: 41,
+            victim_anon_rss_kb: 65000,
+            victim_oom_score_adj: -17,
+            valid: KP_OOM_HAS_COMM | KP_OOM_HAS_MM | KP_OOM_HAS_SCORE_ADJ | KP_OOM_HAS_VICTIM_MEMCG,
+            victim_memcg_id: 777,
+            ..OomEvent::default()
+        };
+        (e.hdr.kind, e.hdr.pid, e.hdr.tgid) = (records::KP_EV_OOM, 41, 40);
+        e.hdr.comm[..4].copy_from_slice(b"tail");
+        e.victim_comm[..4].copy_from_slice(b"tail");
+        let b = e.to_bytes();
         let d = decode(Record(&b));
         assert_eq!((d.trigger.pid, d.trigger.tid), (40, 41));
         assert_eq!(d.trigger.memory_cgroup_id, 777);

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use kpulse_sdk::bpf::{self, Attach, Global, Record};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::{self, SoftirqEvent};
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -15,8 +16,6 @@ const OBJECT: &[u8] = include_bytes!(concat!(
     "/../../ebpf/build/softirq.bpf.o"
 ));
 
-/// `enum kp_event_kind` value of softirq records.
-const KIND_SOFTIRQ: u32 = 1;
 /// Softirq vector names, indexed by vector number (`include/linux/interrupt.h`).
 const VEC_NAMES: [&str; 10] = [
     "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
@@ -128,7 +127,7 @@ impl Tracing for Softirq {
         records: bpf::Records<'_>,
     ) -> Result<()> {
         for record in records {
-            if record.header().kind != KIND_SOFTIRQ {
+            if record.header().kind != records::KP_EV_SOFTIRQ {
                 continue;
             }
             let event = decode(record);
@@ -164,16 +163,16 @@ impl Softirq {
 }
 
 fn decode(r: Record<'_>) -> Event {
-    let h = r.header();
-    let vec = r.u32_at(48);
+    let e = SoftirqEvent::parse_padded(r.0);
+    let h = &e.hdr;
     Event {
         cpu: h.cpu,
-        vec,
-        vec_name: vec_name(vec),
-        zone: r.u32_at(52),
-        latency_ns: r.u64_at(56),
-        threshold_ns: r.u64_at(72),
-        comm: h.comm,
+        vec: e.vec,
+        vec_name: vec_name(e.vec),
+        zone: e.zone,
+        latency_ns: e.latency_ns,
+        threshold_ns: e.threshold_ns,
+        comm: h.comm_str(),
         pid: h.pid,
         tgid: h.tgid,
     }
@@ -277,14 +276,16 @@ mod tests {
 
     #[test]
     fn decodes_record() {
-        let mut bytes = vec![0u8; 80];
-        bytes[0..4].copy_from_slice(&KIND_SOFTIRQ.to_le_bytes());
-        bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
-        bytes[24..28].copy_from_slice(b"curl");
-        bytes[48..52].copy_from_slice(&3u32.to_le_bytes());
-        bytes[52..56].copy_from_slice(&2u32.to_le_bytes());
-        bytes[56..64].copy_from_slice(&500_000u64.to_le_bytes());
-        bytes[72..80].copy_from_slice(&1000u64.to_le_bytes());
+        let mut record = SoftirqEvent {
+            vec: 3,
+            zone: 2,
+            latency_ns: 500_000,
+            threshold_ns: 1000,
+            ..SoftirqEvent::default()
+        };
+        (record.hdr.kind, record.hdr.cpu) = (records::KP_EV_SOFTIRQ, 1);
+        record.hdr.comm[..4].copy_from_slice(b"curl");
+        let bytes = record.to_bytes();
         let e = decode(Record(&bytes));
         assert_eq!((e.cpu, e.vec, e.zone), (1, 3, 2));
         assert_eq!(e.vec_name, "NET_RX");

@@ -16,6 +16,7 @@
 use kpulse_sdk::bindings::kpulse::plugin::clock;
 use kpulse_sdk::bpf::{self, Attach, Record};
 use kpulse_sdk::prelude::*;
+use kpulse_sdk::records::SoftlockupEvent;
 use serde::{Deserialize, Serialize};
 
 const OBJECT: &[u8] = include_bytes!(concat!(
@@ -167,23 +168,24 @@ impl Tracing for Softlockup {
 }
 
 fn decode(r: Record<'_>) -> Lockup {
-    let h = r.header();
-    let msg = r.str_at(56, 128);
-    let depth = (r.u32_at(52) as usize).min(32);
-    let addresses = r.u64s_at(184, depth);
-    let stack = bpf::symbolize(&addresses)
+    let e = SoftlockupEvent::parse_padded(r.0);
+    let h = &e.hdr;
+    let msg = e.msg_str();
+    let depth = (e.stack_depth as usize).min(e.stack.len());
+    let addresses = &e.stack[..depth];
+    let stack = bpf::symbolize(addresses)
         .unwrap_or_else(|_| addresses.iter().map(|a| format!("0x{a:x}")).collect());
     let report = parse_report(&msg);
     Lockup {
         cpu: report.cpu.unwrap_or(h.cpu),
         pid: report.task.as_ref().map_or(h.pid, |t| t.1),
-        comm: report.task.map_or_else(|| h.comm.clone(), |t| t.0),
+        comm: report.task.map_or_else(|| h.comm_str(), |t| t.0),
         stuck_for_secs: report.stuck_for_secs,
         msg,
         cpus_stack: stack.join("\n"),
         printk_cpu: h.cpu,
         printk_pid: h.pid,
-        printk_comm: h.comm,
+        printk_comm: h.comm_str(),
     }
 }
 
