@@ -162,6 +162,23 @@ pub fn possible_cpus() -> u32 {
     raw::possible_cpus()
 }
 
+/// The value of a BPF object's `ratelimit_nr_cpus` global: the number of possible CPUs
+/// (at least 1), so that `kp_ratelimit(&ratelimit, max_events_per_second,
+/// ratelimit_nr_cpus)` (`ebpf/include/kpulse_common.h`) caps the whole machine at
+/// `max_events_per_second`, each CPU's bucket getting an equal share.
+///
+/// ```ignore
+/// Global::u64("max_events_per_second", settings.max_events_per_second),
+/// Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
+/// ```
+///
+/// Not `ctx.host().cpu_count`: that is the agent's own parallelism, which a CPU quota
+/// lowers, while the BPF program runs on every CPU of the machine, so dividing by it would
+/// let through many times the budget.
+pub fn ratelimit_nr_cpus() -> u32 {
+    possible_cpus().max(1)
+}
+
 /// Kernel addresses as `function+0xoffset` (needs the `kallsyms` capability).
 pub fn symbolize(addresses: &[u64]) -> Result<Vec<String>> {
     raw::symbolize(addresses).map_err(|code| Error::host(code, "symbolize kernel addresses"))

@@ -7,20 +7,14 @@
 //! ```ignore
 //! use kpulse_sdk::prelude::*;
 //!
+//! #[derive(Default)] // no settings: no `impl Plugin` needed
 //! struct Loadavg;
 //!
 //! kpulse_sdk::register!(Loadavg {
 //!     name: "loadavg",
-//!     version: "0.1.0",
-//!     interval: 10,
 //!     kinds: [metric],
 //!     capabilities: ["read:/proc/loadavg"],
-//!     summary: "Load averages and task counts from /proc/loadavg",
 //! });
-//!
-//! impl Plugin for Loadavg {
-//!     fn init(_config: Config) -> Result<Self> { Ok(Loadavg) }
-//! }
 //!
 //! impl Collector for Loadavg {
 //!     fn update(&mut self) -> Result<Vec<Metric>> {
@@ -65,6 +59,9 @@ pub use metric::Metric;
 pub use serde_json;
 
 /// The plugin itself: how it is built from its configuration.
+///
+/// Optional: a plugin without settings can derive [`Default`] instead, and [`register!`]
+/// builds it with `Default::default()` (refusing a non-empty `[plugins.<name>]` table).
 pub trait Plugin: Sized + 'static {
     /// Builds the plugin from its `[plugins.<name>]` table. Return
     /// [`Error::NotSupported`] when this host lacks what the plugin needs: the plugin is then
@@ -143,6 +140,11 @@ impl Config {
         Ok(self.get(key)?.unwrap_or(default))
     }
 
+    /// The keys of the table (without the host's own keys).
+    pub fn keys(&self) -> Vec<&str> {
+        self.table.keys().map(String::as_str).collect()
+    }
+
     /// The whole table as a struct (use `#[serde(default, deny_unknown_fields)]` for
     /// strict, self-documenting config).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
@@ -163,17 +165,34 @@ pub mod prelude {
 /// Registers a plugin type: its name, version, restart interval (seconds, HUATUO's
 /// `Interval`), kinds (`tracing`, `metric` or both), requested capabilities and a summary.
 ///
-/// The type must implement [`Plugin`], plus [`Tracing`] if `kinds` has `tracing` and
-/// [`Collector`] if it has `metric`.
+/// ```ignore
+/// kpulse_sdk::register!(Psi {
+///     name: "psi",
+///     version: "0.1.0",                  // optional: the crate's Cargo `version`
+///     interval: 10,                      // optional: 10
+///     kinds: [tracing, metric],
+///     capabilities: ["read:/proc/pressure"], // optional: none
+///     summary: "PSI stall metrics",      // optional: the crate's Cargo `description`
+/// });
+/// ```
+///
+/// The fields come in this order; `name` and `kinds` are required. The defaults for
+/// `version` and `summary` are read from the Cargo manifest of the crate that invokes the
+/// macro, so the plugin's own `Cargo.toml` is the single place to bump its version.
+///
+/// The type must implement [`Tracing`] if `kinds` has `tracing` and [`Collector`] if it has
+/// `metric`. It is built by [`Plugin::init`] if it implements [`Plugin`]; a plugin without
+/// settings can instead derive [`Default`], and then refuses a non-empty config table.
 #[macro_export]
 macro_rules! register {
     ($ty:ty {
         name: $name:expr,
-        version: $version:expr,
-        interval: $interval:expr,
-        kinds: [$($kind:ident),+ $(,)?],
-        capabilities: [$($cap:expr),* $(,)?],
-        summary: $summary:expr $(,)?
+        $(version: $version:expr,)?
+        $(interval: $interval:expr,)?
+        kinds: [$($kind:ident),+ $(,)?]
+        $(, capabilities: [$($cap:expr),* $(,)?])?
+        $(, summary: $summary:expr)?
+        $(,)?
     }) => {
         ::std::thread_local! {
             static __KPULSE_INSTANCE: ::std::cell::RefCell<::std::option::Option<$ty>> =
@@ -187,18 +206,22 @@ macro_rules! register {
             fn describe() -> $crate::bindings::kpulse::plugin::types::PluginInfo {
                 $crate::__private::describe(
                     $name,
-                    $version,
-                    $interval,
+                    $crate::__kpulse_or!([$($version)?] ::core::env!("CARGO_PKG_VERSION")),
+                    $crate::__kpulse_or!([$($interval)?] 10),
                     &[$(stringify!($kind)),+],
-                    &[$($cap),*],
-                    $summary,
+                    &[$($($cap),*)?],
+                    $crate::__kpulse_or!([$($summary)?] ::core::env!("CARGO_PKG_DESCRIPTION")),
                 )
             }
 
             fn init(config_json: ::std::string::String)
                 -> ::std::result::Result<(), $crate::bindings::kpulse::plugin::types::InitError>
             {
-                $crate::__private::init::<$ty>(&__KPULSE_INSTANCE, &config_json)
+                #[allow(unused_imports)]
+                use $crate::__private::{BuildWithDefault as _, BuildWithPlugin as _};
+                // `Plugin::init` if the type implements `Plugin`, else `Default::default()`.
+                let build = (&&$crate::__private::Build::<$ty>::new()).build_fn();
+                $crate::__private::init(&__KPULSE_INSTANCE, &config_json, build)
             }
 
             fn start() -> ::std::result::Result<(), ::std::string::String> {
@@ -232,6 +255,18 @@ macro_rules! register {
         }
 
         $crate::bindings::__export_plugin_world!(__KpulseAdapter with_types_in $crate::bindings);
+    };
+}
+
+/// Expands to the given value, or to the default when none was given.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __kpulse_or {
+    ([] $default:expr) => {
+        $default
+    };
+    ([$value:expr] $default:expr) => {
+        $value
     };
 }
 

@@ -88,7 +88,7 @@ impl Plugin for Dropwatch {
 }
 
 impl Tracing for Dropwatch {
-    fn start(&mut self, ctx: &mut Context) -> Result<()> {
+    fn start(&mut self, _ctx: &mut Context) -> Result<()> {
         self.reasons = fs::read_to_string(FORMAT)
             .map(|f| parse_reasons(&f))
             .unwrap_or_default();
@@ -96,7 +96,7 @@ impl Tracing for Dropwatch {
             OBJECT,
             &[
                 Global::u64("max_events_per_second", self.settings.max_events_per_second),
-                Global::u32("ratelimit_nr_cpus", ctx.host().cpu_count.max(1)),
+                Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
                 Global::u32(
                     "ignore_reason_not_specified",
                     u32::from(self.settings.ignore_not_specified),

@@ -3,22 +3,16 @@
 
 use kpulse_sdk::prelude::*;
 
+/// No settings: `register!` builds it with `Default`; version and interval are the defaults.
+#[derive(Default)]
 struct Loadavg;
 
 kpulse_sdk::register!(Loadavg {
     name: "loadavg",
-    version: "0.1.0",
-    interval: 10,
     kinds: [metric],
     capabilities: ["read:/proc/loadavg"],
     summary: "Load averages and running/total task counts from /proc/loadavg",
 });
-
-impl Plugin for Loadavg {
-    fn init(_config: Config) -> Result<Self> {
-        Ok(Loadavg)
-    }
-}
 
 impl Collector for Loadavg {
     fn update(&mut self) -> Result<Vec<Metric>> {

@@ -89,7 +89,6 @@ struct NetRxLatency {
     mono_wall_offset: i64,
     /// Inode of the excluded network namespace, 0 = none.
     excluded_netns: u32,
-    nr_cpus: u32,
     /// Events saved, by stage (1..=3 at 0..=2).
     events: [u64; 3],
 }
@@ -141,7 +140,6 @@ impl Plugin for NetRxLatency {
             object: None,
             mono_wall_offset: 0,
             excluded_netns: 0,
-            nr_cpus: 1,
             events: [0; 3],
         })
     }
@@ -149,7 +147,6 @@ impl Plugin for NetRxLatency {
 
 impl Tracing for NetRxLatency {
     fn start(&mut self, ctx: &mut Context) -> Result<()> {
-        self.nr_cpus = ctx.host().cpu_count.max(1);
         if self.settings.exclude_host_netns {
             self.excluded_netns = host_netns_inum()?;
         }
@@ -206,7 +203,7 @@ impl NetRxLatency {
                 Global::u32("tcp_only", u32::from(s.tcp_only)),
                 Global::u32("excluded_netns_inum", self.excluded_netns),
                 Global::u64("max_events_per_second", s.max_events_per_second),
-                Global::u32("ratelimit_nr_cpus", self.nr_cpus),
+                Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
             ],
         )?;
         object.attach("rx_netif", Attach::tracepoint("net", "netif_receive_skb"))?;

@@ -150,7 +150,7 @@ impl Tracing for Oom {
             OBJECT,
             &[
                 Global::u64("max_events_per_second", self.settings.max_events_per_second),
-                Global::u32("ratelimit_nr_cpus", bpf::possible_cpus().max(1)),
+                Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
             ],
         )?;
         object.attach("oom_mark_victim", Attach::tracepoint("oom", "mark_victim"))?;
