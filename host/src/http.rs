@@ -101,9 +101,10 @@ pub fn routes(
         json_reply(
             StatusCode::OK,
             &json!({"data": {
-                "version": env!("CARGO_PKG_VERSION"),
-                "wit": "kpulse:plugin@0.1.0",
-                "wasmtime": "48.0.8",
+                "version": crate::build_info::VERSION,
+                "wit": crate::build_info::WIT_PACKAGE,
+                "wasmtime": crate::build_info::WASMTIME,
+                "rustc": crate::build_info::RUSTC,
             }}),
         )
     });

@@ -7,15 +7,20 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod fsaccess;
 pub mod host_api;
 pub mod hostinfo;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod plugins;
 pub mod record;
 pub mod runtime;
+pub mod rxstamp;
 pub mod sinks;
 pub mod storage;
+pub mod timers;
+pub mod wit;

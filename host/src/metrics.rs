@@ -18,8 +18,8 @@ use crate::config::{MetricsConfig, is_metric_name};
 use crate::hostinfo::HostInfo;
 use crate::plugins::stats::PluginState;
 use crate::plugins::{PluginHandle, PluginManager};
-use crate::runtime::{Metric, MetricKind};
 use crate::storage::Store;
+use crate::wit::{Metric, MetricKind};
 
 /// OpenMetrics content type (what Prometheus asks for first).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -258,22 +258,22 @@ impl Exposition {
                 (
                     "plugin_bpf_records",
                     "Ring-buffer records delivered to the plugin.",
-                    stats.bpf_records.load(Ordering::Relaxed),
+                    stats.bpf.records.load(Ordering::Relaxed),
                 ),
                 (
                     "plugin_bpf_ring_full_drops",
                     "Records the plugin's BPF programs dropped because the ring buffer was full.",
-                    stats.bpf_ring_full.load(Ordering::Relaxed),
+                    stats.bpf.ring_full.load(Ordering::Relaxed),
                 ),
                 (
                     "plugin_bpf_rate_limited",
                     "Records the plugin's BPF programs suppressed by their rate limit.",
-                    stats.bpf_rate_limited.load(Ordering::Relaxed),
+                    stats.bpf.rate_limited.load(Ordering::Relaxed),
                 ),
                 (
                     "plugin_bpf_perf_lost",
                     "Samples lost because a perf event array buffer of the plugin was full.",
-                    stats.bpf_perf_lost.load(Ordering::Relaxed),
+                    stats.bpf.perf_lost.load(Ordering::Relaxed),
                 ),
                 (
                     "plugin_bpf_denied",
@@ -436,11 +436,16 @@ impl Exposition {
 
         snapshot.add(
             "build_info",
-            "Agent build: version and wasmtime version.",
+            "Agent build: version, wasmtime, WIT package and compiler.",
             Kind::Gauge,
             vec![
-                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-                ("wasmtime".to_owned(), "48.0.8".to_owned()),
+                ("version".to_owned(), crate::build_info::VERSION.to_owned()),
+                (
+                    "wasmtime".to_owned(),
+                    crate::build_info::WASMTIME.to_owned(),
+                ),
+                ("wit".to_owned(), crate::build_info::WIT_PACKAGE.to_owned()),
+                ("rustc".to_owned(), crate::build_info::RUSTC.to_owned()),
             ],
             1.0,
         );

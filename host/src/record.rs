@@ -6,7 +6,7 @@
 //! it saves. SDK authors test their decoding this way; tests replay faults that cannot be
 //! produced on a shared machine.
 //!
-//! File format: the magic `KPREC001`, a little-endian u32 length and that many bytes of JSON
+//! File format: the magic `KPREC002`, a little-endian u32 length and that many bytes of JSON
 //! metadata, then one frame per batch: u64 nanoseconds since the recording started, u64
 //! subscription id, u32 byte length, and the batch bytes (records in the ring-buffer layout,
 //! exactly as `on-events` receives them).
@@ -128,20 +128,4 @@ pub fn read(path: &Path) -> Result<(serde_json::Value, Vec<Frame>), String> {
     Ok((meta, frames))
 }
 
-/// Records in a batch that are not marked skipped (see `bpf/batch.rs` for the layout).
-pub fn count_records(batch: &[u8]) -> usize {
-    let mut at = 0;
-    let mut count = 0;
-    while let Some(word) = batch
-        .get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    {
-        let len = (word & (crate::bpf::SKIP_BIT - 1)) as usize;
-        if batch.len() < at + 8 + len {
-            break;
-        }
-        at += (8 + len).next_multiple_of(8);
-        count += usize::from(word & crate::bpf::SKIP_BIT == 0);
-    }
-    count
-}
+pub use crate::bpf::count_records;

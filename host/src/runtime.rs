@@ -3,11 +3,15 @@
 //!
 //! Guests get WASI with no ambient authority (no preopened directories, environment,
 //! arguments or sockets); everything else they can do goes through the `kpulse:plugin`
-//! imports implemented in [`crate::host_api`].
+//! imports implemented in [`crate::host_api`]. The bindings are in [`crate::wit`].
+//!
+//! The epoch ticker only runs while some guest call is in progress ([`Runtime::deadline`]
+//! hands out a guard per call), so an idle agent does not wake 100 times a second.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
@@ -15,17 +19,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::host_api::HostState;
-
-wasmtime::component::bindgen!({
-    world: "plugin",
-    path: "../wit",
-    with: {
-        "kpulse:plugin/clock.timer": crate::host_api::TimerHandle,
-        "kpulse:plugin/bpf.object": crate::bpf::BpfObject,
-    },
-});
-
-pub use kpulse::plugin::types::{ErrorCode, Kinds, Level, MetricKind, RunType};
+use crate::wit::{Plugin, PluginPre, WIT_PACKAGE};
 
 /// Length of one epoch tick. Deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -37,7 +31,7 @@ pub enum RuntimeError {
     Engine(String),
     #[error("{file}: not a valid kpulse plugin component: {message}")]
     Compile { file: String, message: String },
-    #[error("{file}: does not satisfy the kpulse:plugin@0.1.0 world: {message}")]
+    #[error("{file}: does not satisfy the {WIT_PACKAGE} world: {message}")]
     Link { file: String, message: String },
     #[error("compile cache {path}: {source}")]
     Cache {
@@ -70,6 +64,26 @@ pub struct Runtime {
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
     engine_hash: String,
+    ticker: Arc<EpochTicker>,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while at least one guest call runs,
+/// and sleeps (parked) otherwise.
+struct EpochTicker {
+    calls_in_flight: AtomicUsize,
+    thread: std::thread::Thread,
+}
+
+/// Held for the duration of one guest call; keeps the epoch ticker going.
+#[must_use = "the deadline is only enforced while the guard lives"]
+pub struct CallGuard {
+    ticker: Arc<EpochTicker>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.ticker.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Runtime {
@@ -101,23 +115,52 @@ impl Runtime {
             })?;
         }
 
-        let ticker = engine.clone();
-        std::thread::Builder::new()
+        let ticking = engine.clone();
+        let (thread_tx, thread_rx) = std::sync::mpsc::channel::<Arc<EpochTicker>>();
+        let thread = std::thread::Builder::new()
             .name("kpulse-epoch".to_owned())
             .spawn(move || {
+                let Ok(ticker) = thread_rx.recv() else {
+                    return;
+                };
                 loop {
+                    if ticker.calls_in_flight.load(Ordering::Acquire) == 0 {
+                        // Woken by the next call's guard (or spuriously: then look again).
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
-                    ticker.increment_epoch();
+                    ticking.increment_epoch();
                 }
             })
             .map_err(|err| RuntimeError::Engine(format!("cannot start epoch ticker: {err}")))?;
+        let ticker = Arc::new(EpochTicker {
+            calls_in_flight: AtomicUsize::new(0),
+            thread: thread.thread().clone(),
+        });
+        thread_tx
+            .send(ticker.clone())
+            .map_err(|_| RuntimeError::Engine("epoch ticker exited".to_owned()))?;
 
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             cache_dir,
             engine_hash,
+            ticker,
         })
+    }
+
+    /// Sets the deadline of the next guest call on `store` and keeps the epoch ticking
+    /// until the returned guard is dropped, which must be after the call.
+    pub fn deadline<T>(&self, store: &mut Store<T>, ticks: u64) -> CallGuard {
+        store.set_epoch_deadline(ticks);
+        if self.ticker.calls_in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.ticker.thread.unpark();
+        }
+        CallGuard {
+            ticker: self.ticker.clone(),
+        }
     }
 
     pub fn engine(&self) -> &Engine {

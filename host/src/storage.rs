@@ -203,12 +203,9 @@ impl Store {
                 return Err(err);
             }
         };
-        // The sink takes the document here, in the saving thread, so that once `save`
-        // returns the document survives a crash or `kill -9` of the agent (the in-memory
-        // queue below only feeds the local files).
-        if let Some(sink) = &inner.sink {
-            sink.accept(&text);
-        }
+        // Nothing here blocks: the writer thread hands the document to the sink (whose
+        // spool append and fsync happen there) before it writes the local file, so a
+        // document in the local files is always in the sink's spool too.
         let Some(sender) = &inner.sender else {
             return Ok(tracer_id);
         };
@@ -226,12 +223,7 @@ impl Store {
                     .stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
-                // Lost for the local files only when a sink holds it.
-                if inner.sink.is_some() {
-                    Ok(tracer_id)
-                } else {
-                    Err(SaveError::QueueFull)
-                }
+                Err(SaveError::QueueFull)
             }
         }
     }
@@ -435,7 +427,7 @@ const SINK_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 struct Writer {
     /// Write the local NDJSON files.
     local: bool,
-    /// Flushed after every batch (it received the lines in `Store::save`).
+    /// Takes every line before the local write; flushed every [`SINK_SYNC_INTERVAL`].
     sink: Option<Arc<dyn Sink>>,
     dir: PathBuf,
     rotation_bytes: u64,
@@ -448,17 +440,27 @@ impl Writer {
     fn run(mut self, receiver: Receiver<Line>) {
         let mut pending: HashMap<String, String> = HashMap::new();
         let mut last_sync = Instant::now();
+        // The sink took lines that are not fsynced yet.
+        let mut unsynced = false;
         loop {
             // The sink's fsync is what costs (hundreds of µs each): once per interval, not
-            // per batch. A crash loses nothing either way (see `Sink::accept`); power loss
-            // can lose at most the last interval.
+            // per batch, and on this thread, never a guest's. Power loss can lose at most
+            // the last interval.
             let sync_due = || last_sync.elapsed() >= SINK_SYNC_INTERVAL;
-            let first = match receiver.recv_timeout(SINK_SYNC_INTERVAL) {
+            // Idle with nothing left to make durable: sleep until the next document instead
+            // of waking every interval.
+            let received = if unsynced {
+                receiver.recv_timeout(SINK_SYNC_INTERVAL)
+            } else {
+                receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            let first = match received {
                 Ok(line) => line,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(sink) = &self.sink {
                         sink.flush();
                     }
+                    unsynced = false;
                     last_sync = Instant::now();
                     continue;
                 }
@@ -475,6 +477,12 @@ impl Writer {
             self.stats
                 .queued
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            // The sink first: once a document is in a local file it is in the sink's spool.
+            if let Some(sink) = &self.sink {
+                for line in &batch {
+                    sink.accept(&line.text);
+                }
+            }
             if self.local {
                 for line in &batch {
                     let buf = pending.entry(line.tracer.clone()).or_default();
@@ -492,13 +500,15 @@ impl Writer {
                     self.write_lines(&tracer, &text);
                 }
             }
-            if let Some(sink) = &self.sink
-                && sync_due()
-            {
-                // The documents are already in the sink (see `Store::save`); make them
-                // durable against power loss too.
-                sink.flush();
-                last_sync = Instant::now();
+            if let Some(sink) = &self.sink {
+                if sync_due() {
+                    // Make what the sink took durable against power loss too.
+                    sink.flush();
+                    last_sync = Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
+                }
             }
         }
     }

@@ -9,8 +9,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::BpfCounters;
 use super::ring::RingConsumer;
-use crate::plugins::stats::PluginStats;
 
 /// Record header size.
 pub const RECORD_HEADER: usize = 8;
@@ -35,7 +35,7 @@ pub enum Batch {
     /// component model's copy into guest memory, on the thread that then decodes them.
     Ring {
         ring: Arc<Mutex<RingConsumer>>,
-        stats: Arc<PluginStats>,
+        counters: Arc<BpfCounters>,
     },
 }
 
@@ -44,13 +44,13 @@ impl Batch {
     pub fn with_bytes<R>(&self, call: impl FnOnce(&[u8]) -> R) -> Option<R> {
         match self {
             Batch::Owned(bytes) => Some(call(bytes)),
-            Batch::Ring { ring, stats } => {
+            Batch::Ring { ring, counters } => {
                 let mut ring = ring
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (records, result) = ring.with_next_region(call)?;
-                stats
-                    .bpf_records
+                counters
+                    .records
                     .fetch_add(records as u64, Ordering::Relaxed);
                 Some(result)
             }
@@ -67,6 +67,24 @@ impl std::fmt::Debug for Batch {
     }
 }
 
+/// Records in a batch that are not marked skipped.
+pub fn count_records(batch: &[u8]) -> usize {
+    let mut at = 0;
+    let mut count = 0;
+    while let Some(word) = batch
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    {
+        let len = (word & (SKIP_BIT - 1)) as usize;
+        if batch.len() < at + RECORD_HEADER + len {
+            break;
+        }
+        at += (RECORD_HEADER + len).next_multiple_of(8);
+        count += usize::from(word & SKIP_BIT == 0);
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,13 +96,9 @@ mod tests {
         push_record(&mut batch, &[7; 8]);
         assert_eq!(batch.len(), 16 + 16);
         assert_eq!(&batch[..4], &3u32.to_le_bytes());
-        assert_eq!(crate::record::count_records(&batch), 2);
+        assert_eq!(count_records(&batch), 2);
         batch[3] |= 0x40; // skip the first
-        assert_eq!(crate::record::count_records(&batch), 1);
-        assert_eq!(
-            crate::record::count_records(&batch[..20]),
-            0,
-            "torn first record"
-        );
+        assert_eq!(count_records(&batch), 1);
+        assert_eq!(count_records(&batch[..20]), 0, "torn first record");
     }
 }

@@ -1,13 +1,16 @@
-//! The privileged BPF side of the `bpf` interface: loading CO-RE objects with aya, attaching
-//! programs, streaming ring buffers to the plugin's actor in batches, raw map access, and
-//! kernel symbolization.
+//! The privileged BPF layer: loading CO-RE objects with aya, attaching programs, streaming
+//! ring buffers and perf event arrays in batches, raw map access, and kernel symbolization.
+//!
+//! This module is a leaf: it knows nothing of plugins, actors or WIT types. Batches leave
+//! through the [`Deliver`] trait the caller supplies, its counters are [`BpfCounters`], and
+//! its errors are [`BpfError`] with a [`BpfErrorKind`] the WIT layer maps to error codes.
 //!
 //! Everything a plugin loads lives in its instance's resource table; dropping the instance
 //! (stop, replacement, trap, quarantine) drops the `aya::Ebpf`, which detaches every link and
 //! closes every map, and aborts the ring-buffer readers.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,12 +23,8 @@ use aya::programs::{
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
-
-use crate::plugins::actor::Call;
-use crate::plugins::stats::PluginStats;
-use crate::runtime::ErrorCode;
 
 mod batch;
 mod inspect;
@@ -34,7 +33,7 @@ mod perf;
 mod ring;
 mod sys;
 
-pub use batch::{Batch, SKIP_BIT, push_record};
+pub use batch::{Batch, SKIP_BIT, count_records, push_record};
 pub use inspect::{EmbeddedObject, embedded_objects};
 pub use kallsyms::symbolize;
 
@@ -42,35 +41,173 @@ pub use kallsyms::symbolize;
 pub const MAX_BATCH_RECORDS: usize = 32_768;
 /// Bytes per batch delivered to a guest.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// How often a ring buffer is drained even without a wake-up (the BPF side only wakes the
-/// reader once a quarter of the ring is pending, so a quiet buffer is drained by this timer).
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often quiet ring buffers are looked at. The BPF side wakes the reader only once a
+/// quarter of the ring is pending, so a trickle of records waits at most this long. One
+/// ticker serves every ring of the agent and wakes only the readers whose ring has data.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Entries returned by one `entries` call.
 const MAX_MAP_ENTRIES: usize = 65_536;
 
-/// A failed BPF operation: the WIT error code plus the loader's or kernel's words.
-#[derive(Debug, Clone)]
+/// What kind of failure a [`BpfError`] is; the WIT layer maps it to an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfErrorKind {
+    /// The caller asked for something malformed or absent (a program, a map, a key size).
+    InvalidArgument,
+    /// This kernel lacks the hook or feature (kprobes, trampolines, BTF).
+    NotSupported,
+    /// A syscall failed.
+    Io,
+    /// A map has more entries than one call returns.
+    TooLarge,
+}
+
+/// A failed BPF operation: its kind plus the loader's or kernel's words.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub struct BpfError {
-    pub code: ErrorCode,
-    pub message: String,
+    kind: BpfErrorKind,
+    message: String,
 }
 
 impl BpfError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(kind: BpfErrorKind, message: impl Into<String>) -> Self {
         Self {
-            code,
+            kind,
             message: message.into(),
         }
     }
 
+    pub fn kind(&self) -> BpfErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidArgument, message)
+        Self::new(BpfErrorKind::InvalidArgument, message)
     }
 
     fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NotSupported, message)
+        Self::new(BpfErrorKind::NotSupported, message)
+    }
+
+    fn io(message: impl Into<String>) -> Self {
+        Self::new(BpfErrorKind::Io, message)
     }
 }
+
+/// Counters of one consumer's BPF traffic, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct BpfCounters {
+    /// Live ring-buffer and perf-array subscriptions.
+    pub subscriptions: AtomicU64,
+    /// Records delivered.
+    pub records: AtomicU64,
+    /// Records the BPF side dropped because the ring buffer was full (its `stats[1]`).
+    pub ring_full: AtomicU64,
+    /// Records the BPF side's rate limit suppressed (its `stats[2]`).
+    pub rate_limited: AtomicU64,
+    /// Samples the kernel could not store in a perf event array buffer (PERF_RECORD_LOST).
+    pub perf_lost: AtomicU64,
+}
+
+/// Where batches go. The consumer answers each batch with a receiver that yields the batch
+/// back once it is processed (so buffers are reused and one batch is in flight), or `None`
+/// once it is gone, which ends the reader.
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, subscription: u64, batch: Batch) -> Option<oneshot::Receiver<Batch>>;
+}
+
+/// What a subscription needs from its owner: where batches go, which runtime reads, and
+/// which counters to bump.
+#[derive(Clone)]
+pub struct Delivery {
+    pub sink: Arc<dyn Deliver>,
+    pub runtime: tokio::runtime::Handle,
+    pub counters: Arc<BpfCounters>,
+}
+
+/// How long the parsed kernel BTF is kept after its last use.
+const BTF_LINGER: Duration = Duration::from_secs(10);
+
+/// The kernel's BTF, parsed once for a burst of loads (every plugin starting at once) and
+/// shared by them. It is tens of MiB once parsed, and only needed while loading, so it is
+/// dropped [`BTF_LINGER`] after the last use and the freed heap is given back to the OS.
+fn kernel_btf() -> Result<Arc<Btf>, BpfError> {
+    struct Cache {
+        btf: Option<Arc<Btf>>,
+        last_use: std::time::Instant,
+        reaper: bool,
+    }
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let unavailable = |err: &dyn std::fmt::Display| {
+        BpfError::unsupported(format!(
+            "kernel BTF (/sys/kernel/btf/vmlinux) unavailable: {err}"
+        ))
+    };
+    let mut guard = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = guard.get_or_insert_with(|| Cache {
+        btf: None,
+        last_use: std::time::Instant::now(),
+        reaper: false,
+    });
+    cache.last_use = std::time::Instant::now();
+    let btf = match &cache.btf {
+        Some(btf) => btf.clone(),
+        None => {
+            let btf = Arc::new(Btf::from_sys_fs().map_err(|err| unavailable(&err))?);
+            cache.btf = Some(btf.clone());
+            btf
+        }
+    };
+    if !cache.reaper {
+        cache.reaper = true;
+        let spawned = std::thread::Builder::new()
+            .name("kpulse-btf".to_owned())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(BTF_LINGER);
+                    let mut guard = CACHE
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let Some(cache) = guard.as_mut() else { return };
+                    if cache.last_use.elapsed() >= BTF_LINGER {
+                        cache.btf = None;
+                        cache.reaper = false;
+                        drop(guard);
+                        sys::release_free_heap();
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // Without the reaper the BTF simply stays cached.
+            cache.reaper = false;
+        }
+    }
+    Ok(btf)
+}
+
+/// The errno behind an error, found by walking its sources to an `io::Error`.
+fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `ENOTSUPP`: the kernel-internal "not supported" some BPF paths return (not in libc).
+const ENOTSUPP: i32 = 524;
 
 /// How a program attaches, host-side mirror of the WIT `attach-point`.
 #[derive(Debug, Clone)]
@@ -119,15 +256,6 @@ pub fn policy_allows(
     }
 }
 
-/// Where ring-buffer batches go: the plugin's mailbox, tagged with its incarnation.
-#[derive(Clone)]
-pub struct Delivery {
-    pub mailbox: UnboundedSender<Call>,
-    pub incarnation: u64,
-    pub runtime: tokio::runtime::Handle,
-    pub stats: Arc<PluginStats>,
-}
-
 /// One loaded object and the readers streaming its ring buffers. Without `ebpf` it is a
 /// replay stand-in: every operation succeeds and touches no kernel object.
 pub struct BpfObject {
@@ -146,19 +274,15 @@ impl Drop for BpfObject {
 impl BpfObject {
     /// Loads ELF bytes with `volatile const` overrides (exact byte images).
     pub fn load(elf: &[u8], globals: &[(String, Vec<u8>)]) -> Result<Self, BpfError> {
-        let btf = Btf::from_sys_fs().map_err(|err| {
-            BpfError::unsupported(format!(
-                "kernel BTF (/sys/kernel/btf/vmlinux) unavailable: {err}"
-            ))
-        })?;
+        let btf = kernel_btf()?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
         for (name, value) in globals {
             loader.override_global(name.as_str(), value.as_slice(), true);
         }
-        let ebpf = loader.load(elf).map_err(|err| {
-            BpfError::new(ErrorCode::InvalidArgument, format!("load: {}", chain(&err)))
-        })?;
+        let ebpf = loader
+            .load(elf)
+            .map_err(|err| BpfError::invalid(format!("load: {}", chain(&err))))?;
         Ok(Self {
             ebpf: Some(ebpf),
             readers: Vec::new(),
@@ -183,7 +307,7 @@ impl BpfObject {
             BpfError::invalid(format!("no program named {program:?} in the object"))
         })?;
         let context = |what: &str, err: &dyn std::error::Error| {
-            BpfError::new(ErrorCode::Io, format!("{what} {program}: {}", chain(err)))
+            BpfError::io(format!("{what} {program}: {}", chain(err)))
         };
         match point {
             AttachPoint::Tracepoint { category, name } => {
@@ -203,7 +327,7 @@ impl BpfObject {
                     .map_err(|e| context(&format!("attach raw tracepoint {name} to"), &e))?;
             }
             AttachPoint::TpBtf(name) => {
-                let btf = Btf::from_sys_fs().map_err(|e| context("kernel BTF for", &e))?;
+                let btf = kernel_btf()?;
                 let tp: &mut BtfTracePoint = prog
                     .try_into()
                     .map_err(|e| context("program type of", &e))?;
@@ -226,7 +350,7 @@ impl BpfObject {
                     .map_err(|e| context(&format!("attach kprobe {function} to"), &e))?;
             }
             AttachPoint::Fentry(function) | AttachPoint::Fexit(function) => {
-                let btf = Btf::from_sys_fs().map_err(|e| context("kernel BTF for", &e))?;
+                let btf = kernel_btf()?;
                 let result = if matches!(point, AttachPoint::Fentry(_)) {
                     let p: &mut FEntry = prog
                         .try_into()
@@ -238,15 +362,13 @@ impl BpfObject {
                         .map_err(|e| context("program type of", &e))?;
                     p.load(function, &btf).and_then(|()| p.attach().map(|_| ()))
                 };
-                result.map_err(|err| {
-                    let text = chain(&err);
-                    if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1") {
+                result.map_err(|err| match os_error(&err) {
+                    Some(code @ (libc::EPERM | libc::EOPNOTSUPP | ENOTSUPP)) => {
                         BpfError::unsupported(format!(
-                            "BPF trampolines (fentry/fexit) are not supported by this kernel (refused with EPERM) for {function}; use a tracepoint"
+                            "BPF trampolines (fentry/fexit) are not supported by this kernel (refused with errno {code}) for {function}; use a tracepoint"
                         ))
-                    } else {
-                        BpfError::new(ErrorCode::Io, format!("attach fentry/fexit {function}: {text}"))
                     }
+                    _ => BpfError::io(format!("attach fentry/fexit {function}: {}", chain(&err))),
                 })?;
             }
             AttachPoint::Uprobe(target) | AttachPoint::Uretprobe(target) => {
@@ -322,9 +444,8 @@ impl BpfObject {
                 "map {map:?} is not a ring buffer (a perf event array needs subscribe-perf-event-array)"
             )));
         };
-        let ring = ring::RingConsumer::new(data).map_err(|err| {
-            BpfError::new(ErrorCode::Io, format!("map ring buffer {map:?}: {err}"))
-        })?;
+        let ring = ring::RingConsumer::new(data)
+            .map_err(|err| BpfError::io(format!("map ring buffer {map:?}: {err}")))?;
         // Lost-record counters follow the convention of ebpf/include/kpulse_common.h: a
         // per-CPU array `stats` whose slot 1 counts records dropped because the ring was full.
         let stats_fd = ebpf
@@ -337,12 +458,7 @@ impl BpfObject {
         // and the AsyncFd the doorbell, so the fd outlives its registration.
         #[allow(unsafe_code, reason = "registering an owned fd with tokio")]
         let fd = unsafe { AsyncFd::register_with_interest(doorbell, Interest::READABLE) }.map_err(
-            |err| {
-                BpfError::new(
-                    ErrorCode::Io,
-                    format!("poll ring buffer {map:?}: {}", err.into_parts().1),
-                )
-            },
+            |err| BpfError::io(format!("poll ring buffer {map:?}: {}", err.into_parts().1)),
         )?;
         let task = delivery.runtime.spawn(ring::read_ring(
             fd,
@@ -352,8 +468,8 @@ impl BpfObject {
         ));
         self.readers.push(task.abort_handle());
         delivery
-            .stats
-            .bpf_subscriptions
+            .counters
+            .subscriptions
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -379,11 +495,11 @@ impl BpfObject {
             )));
         };
         let readers = perf::subscribe(data, pages as usize, subscription, &delivery)
-            .map_err(|err| BpfError::new(ErrorCode::Io, format!("map {map:?}: {err}")))?;
+            .map_err(|err| BpfError::io(format!("map {map:?}: {err}")))?;
         self.readers.extend(readers);
         delivery
-            .stats
-            .bpf_subscriptions
+            .counters
+            .subscriptions
             .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -412,9 +528,7 @@ impl BpfObject {
                 )));
             }
         };
-        result.map_err(|err| {
-            BpfError::new(ErrorCode::Io, format!("detach {program}: {}", chain(&err)))
-        })
+        result.map_err(|err| BpfError::io(format!("detach {program}: {}", chain(&err))))
     }
 
     fn map(&self, name: &str) -> Result<(BorrowedFd<'_>, MapShape), BpfError> {
@@ -431,9 +545,9 @@ impl BpfObject {
         );
         let data = map_data(map)
             .ok_or_else(|| BpfError::invalid(format!("map {name:?} is not a hash or array map")))?;
-        let info = data.info().map_err(|err| {
-            BpfError::new(ErrorCode::Io, format!("map {name:?} info: {}", chain(&err)))
-        })?;
+        let info = data
+            .info()
+            .map_err(|err| BpfError::io(format!("map {name:?} info: {}", chain(&err))))?;
         let value_size = info.value_size() as usize;
         let shape = MapShape {
             key_size: info.key_size() as usize,
@@ -453,10 +567,7 @@ impl BpfObject {
         match sys::lookup(fd, key, &mut value) {
             Ok(true) => Ok(Some(value)),
             Ok(false) => Ok(None),
-            Err(err) => Err(BpfError::new(
-                ErrorCode::Io,
-                format!("lookup in {map:?}: {err}"),
-            )),
+            Err(err) => Err(BpfError::io(format!("lookup in {map:?}: {err}"))),
         }
     }
 
@@ -467,13 +578,13 @@ impl BpfObject {
         loop {
             let mut next = vec![0u8; shape.key_size];
             let more = sys::next_key(fd, key.as_deref(), &mut next)
-                .map_err(|err| BpfError::new(ErrorCode::Io, format!("iterate {map:?}: {err}")))?;
+                .map_err(|err| BpfError::io(format!("iterate {map:?}: {err}")))?;
             if !more {
                 return Ok(out);
             }
             if out.len() == MAX_MAP_ENTRIES {
                 return Err(BpfError::new(
-                    ErrorCode::TooLarge,
+                    BpfErrorKind::TooLarge,
                     format!("{map:?} has more than {MAX_MAP_ENTRIES} entries"),
                 ));
             }
@@ -496,15 +607,13 @@ impl BpfObject {
                 value.len()
             )));
         }
-        sys::update(fd, key, value)
-            .map_err(|err| BpfError::new(ErrorCode::Io, format!("update {map:?}: {err}")))
+        sys::update(fd, key, value).map_err(|err| BpfError::io(format!("update {map:?}: {err}")))
     }
 
     pub fn delete(&self, map: &str, key: &[u8]) -> Result<(), BpfError> {
         let (fd, shape) = self.map(map)?;
         shape.check_key(map, key)?;
-        sys::delete(fd, key)
-            .map_err(|err| BpfError::new(ErrorCode::Io, format!("delete from {map:?}: {err}")))
+        sys::delete(fd, key).map_err(|err| BpfError::io(format!("delete from {map:?}: {err}")))
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::batch::{Batch, push_record};
 use super::ring::deliver;
-use super::{DRAIN_INTERVAL, Delivery, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
+use super::{Delivery, MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 
 /// Opens the buffer of every online CPU (`pages` data pages each, a power of two) and spawns
 /// one reader task per CPU; returns their abort handles.
@@ -57,16 +57,11 @@ async fn read_perf(
 ) {
     let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut joined: Vec<u8> = Vec::new();
-    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            ready = fd.readable_mut() => {
-                if let Ok(mut guard) = ready {
-                    guard.clear_ready();
-                }
-            }
-            _ = drain_timer.tick() => {}
+        // aya opens each buffer with a wake-up per sample, so readiness alone suffices: no
+        // drain timer.
+        if let Ok(mut guard) = fd.readable_mut().await {
+            guard.clear_ready();
         }
         loop {
             buffer.clear();
@@ -97,8 +92,8 @@ async fn read_perf(
             });
             if lost > 0 {
                 delivery
-                    .stats
-                    .bpf_perf_lost
+                    .counters
+                    .perf_lost
                     .fetch_add(lost, Ordering::Relaxed);
             }
             let (count, full) = match flow {

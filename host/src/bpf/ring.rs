@@ -2,8 +2,9 @@
 //! in the host.
 //!
 //! aya's `RingBuf` yields one record at a time and publishes the consumer position after
-//! each. Here a tokio task only rings the plugin's doorbell (on a wake-up or the drain
-//! tick); the plugin's actor thread then finds the run of committed records, passes that
+//! each. Here a tokio task only rings the plugin's doorbell (on a wake-up from the kernel,
+//! or from the agent-wide drain ticker when a quiet ring holds records); the plugin's actor
+//! thread then finds the run of committed records, passes that
 //! region of the mapping to `on-events` as is (the batch layout is the ring's own, see
 //! `batch.rs`), and publishes the consumer position once, after the call. Each record is
 //! read once, by the component model's copy into guest memory, on the CPU that decodes it.
@@ -17,18 +18,18 @@
     reason = "reading a kernel ring buffer through its shared memory mapping"
 )]
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
 
 use aya::maps::MapData;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use super::batch::{Batch, RECORD_HEADER as HEADER_SIZE};
-use super::{DRAIN_INTERVAL, Delivery, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, add_growth};
-use crate::plugins::actor::Call;
+use super::{
+    BpfCounters, DRAIN_INTERVAL, Delivery, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, add_growth,
+};
 
 const BUSY_BIT: u32 = 1 << 31;
 /// How far ahead of the header walk to prefetch (32 cache lines).
@@ -281,6 +282,96 @@ impl AsRawFd for RingConsumer {
     }
 }
 
+/// What the drain ticker knows of one ring: how to see that it holds records, whom to wake,
+/// and the object's drop counters to copy into self-metrics.
+struct Watched {
+    ring: Arc<Mutex<RingConsumer>>,
+    wake: Notify,
+    /// The object's per-CPU `stats` map and what was last seen of slots 1 and 2.
+    stats: Option<(OwnedFd, Mutex<(u64, u64)>)>,
+    counters: Arc<BpfCounters>,
+}
+
+impl Watched {
+    /// Adds what the kernel counters grew by since the last look, so several objects (or a
+    /// reloaded one) accumulate instead of overwriting each other.
+    fn refresh_drops(&self) {
+        let Some((fd, seen)) = &self.stats else {
+            return;
+        };
+        let Ok(mut seen) = seen.lock() else { return };
+        let (ring_full, rate_limited) = &mut *seen;
+        add_growth(
+            &self.counters.ring_full,
+            ring_full,
+            super::sum_percpu_u64(fd.as_fd(), 1),
+        );
+        add_growth(
+            &self.counters.rate_limited,
+            rate_limited,
+            super::sum_percpu_u64(fd.as_fd(), 2),
+        );
+    }
+}
+
+/// One ticker for every ring of the agent: every [`DRAIN_INTERVAL`] it wakes the readers
+/// of rings that hold records, and once a second it copies the drop counters. An idle agent
+/// thus costs a few wake-ups a second in total, not a 100 Hz timer per subscription.
+#[derive(Default)]
+struct Drainer {
+    rings: Mutex<Vec<Weak<Watched>>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+fn drainer() -> &'static Drainer {
+    static DRAINER: std::sync::OnceLock<Drainer> = std::sync::OnceLock::new();
+    DRAINER.get_or_init(Drainer::default)
+}
+
+impl Drainer {
+    fn watch(&'static self, watched: &Arc<Watched>, runtime: &tokio::runtime::Handle) {
+        if let Ok(mut rings) = self.rings.lock() {
+            rings.push(Arc::downgrade(watched));
+        }
+        if !self.running.swap(true, Ordering::AcqRel) {
+            runtime.spawn(self.tick());
+        }
+    }
+
+    async fn tick(&'static self) {
+        let mut ticks = tokio::time::interval(DRAIN_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_second = (1000 / DRAIN_INTERVAL.as_millis().max(1)).max(1) as u64;
+        let mut count = 0u64;
+        loop {
+            ticks.tick().await;
+            count += 1;
+            let live: Vec<Arc<Watched>> = {
+                let Ok(mut rings) = self.rings.lock() else {
+                    return;
+                };
+                rings.retain(|w| w.strong_count() > 0);
+                if rings.is_empty() {
+                    // Nothing to watch: stop; the next subscription starts a new ticker.
+                    self.running.store(false, Ordering::Release);
+                    return;
+                }
+                rings.iter().filter_map(Weak::upgrade).collect()
+            };
+            for watched in &live {
+                // A ring the actor is consuming right now needs no nudge.
+                let has_data = watched.ring.try_lock().is_ok_and(|ring| ring.has_data());
+                if has_data {
+                    watched.wake.notify_one();
+                }
+                if count.is_multiple_of(per_second) {
+                    watched.refresh_drops();
+                }
+            }
+        }
+    }
+}
+
 /// Drains a ring buffer into batches of length-prefixed records, one batch in flight at a
 /// time: while the guest works on a batch, new records wait in the kernel's ring (whose
 /// overflow the BPF side counts), so a slow guest costs drops, never host memory.
@@ -288,12 +379,15 @@ pub async fn read_ring(
     mut fd: AsyncFd<RingDoorbell>,
     subscription: u64,
     delivery: Delivery,
-    stats_fd: Option<std::os::fd::OwnedFd>,
+    stats_fd: Option<OwnedFd>,
 ) {
-    let mut last_stats = tokio::time::Instant::now();
-    let (mut seen_ring_full, mut seen_rate_limited) = (0u64, 0u64);
-    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watched = Arc::new(Watched {
+        ring: fd.get_ref().ring.clone(),
+        wake: Notify::new(),
+        stats: stats_fd.map(|fd| (fd, Mutex::new((0, 0)))),
+        counters: delivery.counters.clone(),
+    });
+    drainer().watch(&watched, &delivery.runtime);
     loop {
         tokio::select! {
             ready = fd.readable_mut() => {
@@ -301,14 +395,15 @@ pub async fn read_ring(
                     guard.clear_ready();
                 }
             }
-            _ = drain_timer.tick() => {}
+            () = watched.wake.notified() => {}
         }
         while fd.get_ref().lock().has_data() {
             let batch = Batch::Ring {
                 ring: fd.get_ref().ring.clone(),
-                stats: delivery.stats.clone(),
+                counters: delivery.counters.clone(),
             };
             if deliver(&delivery, subscription, 0, batch).await.is_none() {
+                watched.refresh_drops();
                 return;
             }
             // Records that arrived during the guest call wait for the next wake-up or
@@ -316,23 +411,6 @@ pub async fn read_ring(
             if !fd.get_ref().lock().last_full {
                 break;
             }
-        }
-        if let Some(stats) = &stats_fd
-            && last_stats.elapsed() >= Duration::from_secs(1)
-        {
-            last_stats = tokio::time::Instant::now();
-            // Add what changed since the last look, so several objects (or a reloaded one)
-            // accumulate instead of overwriting each other.
-            add_growth(
-                &delivery.stats.bpf_ring_full,
-                &mut seen_ring_full,
-                super::sum_percpu_u64(stats.as_fd(), 1),
-            );
-            add_growth(
-                &delivery.stats.bpf_rate_limited,
-                &mut seen_rate_limited,
-                super::sum_percpu_u64(stats.as_fd(), 2),
-            );
         }
     }
 }
@@ -347,16 +425,8 @@ pub async fn deliver(
     records: Batch,
 ) -> Option<Batch> {
     delivery
-        .stats
-        .bpf_records
+        .counters
+        .records
         .fetch_add(count as u64, Ordering::Relaxed);
-    let (done, finished) = oneshot::channel();
-    let call = Call::Events {
-        incarnation: delivery.incarnation,
-        subscription,
-        records,
-        done,
-    };
-    delivery.mailbox.send(call).ok()?;
-    finished.await.ok()
+    delivery.sink.deliver(subscription, records)?.await.ok()
 }

@@ -15,10 +15,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use wasmtime::Store;
 
+use crate::bpf::{Batch, Deliver};
 use crate::host_api::{HostState, Identity, Services};
 use crate::plugins::PluginSpec;
 use crate::plugins::stats::{PluginState, PluginStats, PluginStatus};
-use crate::runtime::{InitError, Metric, Runtime, deadline_ticks};
+use crate::runtime::{Runtime, deadline_ticks};
+use crate::wit::{InitError, Metric};
 
 /// A message to a plugin's current incarnation.
 #[derive(Debug)]
@@ -38,11 +40,32 @@ pub enum Call {
     Events {
         incarnation: u64,
         subscription: u64,
-        records: crate::bpf::Batch,
-        done: oneshot::Sender<crate::bpf::Batch>,
+        records: Batch,
+        done: oneshot::Sender<Batch>,
     },
     /// Finish the call in flight, then drop the instance.
     Stop,
+}
+
+/// BPF batches into an incarnation's mailbox: what the `bpf` layer delivers through.
+pub struct EventMailbox {
+    pub mailbox: UnboundedSender<Call>,
+    pub incarnation: u64,
+}
+
+impl Deliver for EventMailbox {
+    fn deliver(&self, subscription: u64, records: Batch) -> Option<oneshot::Receiver<Batch>> {
+        let (done, finished) = oneshot::channel();
+        self.mailbox
+            .send(Call::Events {
+                incarnation: self.incarnation,
+                subscription,
+                records,
+                done,
+            })
+            .ok()?;
+        Some(finished)
+    }
 }
 
 /// Operator and loader commands to the supervisor.
@@ -187,7 +210,7 @@ impl Supervisor {
             // The instance and everything it held (memory, BPF objects) is gone.
             self.stats.memory_bytes.store(0, Ordering::Relaxed);
             self.stats.bpf_objects.store(0, Ordering::Relaxed);
-            self.stats.bpf_subscriptions.store(0, Ordering::Relaxed);
+            self.stats.bpf.subscriptions.store(0, Ordering::Relaxed);
 
             match after_stop {
                 Some(Control::Shutdown) => {
@@ -327,8 +350,10 @@ impl IncarnationContext {
             None => Exit::Failed { error, retry },
         };
 
-        store.set_epoch_deadline(ticks);
-        let plugin = match spec.prepared.pre.instantiate(&mut store) {
+        let call = self.runtime.deadline(&mut store, ticks);
+        let instantiated = spec.prepared.pre.instantiate(&mut store);
+        drop(call);
+        let plugin = match instantiated {
             Ok(plugin) => plugin,
             Err(err) => {
                 let error = self.trap_message(&store, "instantiate", &err);
@@ -337,8 +362,10 @@ impl IncarnationContext {
         };
 
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        store.set_epoch_deadline(ticks);
-        match plugin.call_init(&mut store, &spec.config_json) {
+        let call = self.runtime.deadline(&mut store, ticks);
+        let initialised = plugin.call_init(&mut store, &spec.config_json);
+        drop(call);
+        match initialised {
             Ok(Ok(())) => {}
             Ok(Err(InitError::NotSupported(reason))) => {
                 return match gate {
@@ -371,8 +398,10 @@ impl IncarnationContext {
         if spec.info.kinds.tracing {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             self.stats.calls.fetch_add(1, Ordering::Relaxed);
-            store.set_epoch_deadline(ticks);
-            match plugin.call_start(&mut store) {
+            let call = self.runtime.deadline(&mut store, ticks);
+            let started = plugin.call_start(&mut store);
+            drop(call);
+            match started {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     self.stats.call_errors.fetch_add(1, Ordering::Relaxed);
@@ -402,9 +431,10 @@ impl IncarnationContext {
                         let _ = reply.send(Err("not a metric plugin".to_owned()));
                         continue;
                     }
-                    store.set_epoch_deadline(ticks);
+                    let call = self.runtime.deadline(&mut store, ticks);
                     let started = std::time::Instant::now();
                     let result = plugin.call_update(&mut store);
+                    drop(call);
                     self.stats.last_update_ns.store(
                         u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                         Ordering::Relaxed,
@@ -441,7 +471,7 @@ impl IncarnationContext {
                         continue;
                     }
                     pending.store(false, Ordering::Release);
-                    store.set_epoch_deadline(ticks);
+                    let _call = self.runtime.deadline(&mut store, ticks);
                     ("on-timer", plugin.call_on_timer(&mut store, id))
                 }
                 Call::Events {
@@ -459,11 +489,11 @@ impl IncarnationContext {
                         if let Some(recorder) = recorder {
                             recorder.write(subscription, bytes);
                         }
-                        store.set_epoch_deadline(ticks);
+                        let _call = self.runtime.deadline(&mut store, ticks);
                         plugin.call_on_events(&mut store, subscription, bytes)
                     });
                     let mut records = records;
-                    if let crate::bpf::Batch::Owned(buffer) = &mut records {
+                    if let Batch::Owned(buffer) = &mut records {
                         buffer.clear();
                     }
                     let _ = done.send(records);

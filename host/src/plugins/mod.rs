@@ -17,7 +17,8 @@ use tokio::sync::{RwLock, oneshot};
 use crate::config::Config;
 use crate::fsaccess::ReadGrant;
 use crate::host_api::{HostState, Identity, Services};
-use crate::runtime::{Metric, Prepared, Runtime, RuntimeError, deadline_ticks};
+use crate::runtime::{Prepared, Runtime, RuntimeError, deadline_ticks};
+use crate::wit::Metric;
 use actor::{Call, Control, Gate, Supervisor};
 use stats::{PluginState, PluginStats, PluginStatus};
 
@@ -551,7 +552,7 @@ fn set_error(handle: &PluginHandle, message: &str) {
 pub fn describe_with(
     runtime: &Runtime,
     services: Arc<Services>,
-    pre: &crate::runtime::PluginPre<HostState>,
+    pre: &crate::wit::PluginPre<HostState>,
     deadline: Duration,
     memory_bytes: u64,
 ) -> Result<Description, String> {
@@ -564,7 +565,7 @@ pub fn describe_with(
         rx_timestamps: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));
-    store.set_epoch_deadline(deadline_ticks(deadline));
+    let call = runtime.deadline(&mut store, deadline_ticks(deadline));
     let plugin = pre
         .instantiate(&mut store)
         .map_err(|err| format!("instantiate: {}", err.root_cause()))?;
@@ -572,12 +573,13 @@ pub fn describe_with(
     let info = plugin
         .call_describe(&mut store)
         .map_err(|err| format!("describe trapped: {}", err.root_cause()))?;
+    drop(call);
     Ok(Description {
         name: info.name,
         version: info.version,
         kinds: KindSet {
-            tracing: info.kinds.contains(crate::runtime::Kinds::TRACING),
-            metric: info.kinds.contains(crate::runtime::Kinds::METRIC),
+            tracing: info.kinds.contains(crate::wit::Kinds::TRACING),
+            metric: info.kinds.contains(crate::wit::Kinds::METRIC),
         },
         restart_interval_secs: info.restart_interval_secs,
         capabilities: info.capabilities,

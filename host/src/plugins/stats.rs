@@ -1,8 +1,11 @@
 //! Per-plugin counters and the state shown in `/plugins` and on `/metrics`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use serde::Serialize;
+
+use crate::bpf::BpfCounters;
 
 /// Counters a plugin accumulates over all its instances. Updated lock-free from the actor
 /// thread and the host imports; read by `/metrics` and `/plugins`.
@@ -33,16 +36,8 @@ pub struct PluginStats {
     pub memory_bytes: AtomicU64,
     /// BPF objects loaded by the current instance.
     pub bpf_objects: AtomicU64,
-    /// Ring-buffer subscriptions of the current instance.
-    pub bpf_subscriptions: AtomicU64,
-    /// Ring-buffer records delivered to the guest.
-    pub bpf_records: AtomicU64,
-    /// Records the BPF side dropped because the ring buffer was full (its `stats[1]`).
-    pub bpf_ring_full: AtomicU64,
-    /// Records the BPF side's rate limit suppressed (its `stats[2]`).
-    pub bpf_rate_limited: AtomicU64,
-    /// Samples the kernel could not store in a perf event array buffer (PERF_RECORD_LOST).
-    pub bpf_perf_lost: AtomicU64,
+    /// Subscriptions, records and drops of the plugin's BPF objects.
+    pub bpf: Arc<BpfCounters>,
     /// BPF requests refused by policy.
     pub bpf_denied: AtomicU64,
     /// Duration of the last `update`, in nanoseconds.

@@ -1,9 +1,10 @@
 //! Sinks: remote stores that receive every saved document after the local write.
 //!
-//! `Store::save` hands each document line to the sink in the saving thread
-//! ([`Sink::accept`]), which must make it survive a crash of the agent before returning
-//! (the OpenSearch sink appends it to its on-disk spool); the store's writer thread calls
-//! [`Sink::flush`] every 100 ms to make it durable against power loss too. The sink
+//! `Store::save` only queues a document (a guest never waits on a disk); the store's writer
+//! thread hands each line to the sink ([`Sink::accept`]) before it writes the local file,
+//! and the sink must make it survive a crash of the agent before returning (the OpenSearch
+//! sink appends it to its on-disk spool); the writer calls [`Sink::flush`] every 100 ms to
+//! make it durable against power loss too. The sink
 //! ships documents from its own background task. One folder per sink, with fixed files (`config.rs`, `service.rs`,
 //! `retry.rs`, `spool.rs`, `tests.rs`), in the style of Vector's sinks.
 
@@ -28,8 +29,8 @@ pub struct SinkMetric {
 
 /// A destination for saved documents.
 pub trait Sink: Send + Sync {
-    /// Takes one document (one JSON line without the newline); once it returns, the
-    /// document must survive a crash or `kill -9` of the agent.
+    /// Takes one document (one JSON line without the newline), on the store's writer
+    /// thread; once it returns, the document must survive a crash or `kill -9` of the agent.
     fn accept(&self, line: &str);
     /// Makes the lines accepted so far durable against power loss; called by the store's
     /// writer every 100 ms while documents arrive.

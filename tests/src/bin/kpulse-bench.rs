@@ -12,13 +12,11 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kpulse_integration_tests::{
-    Agent, free_port, guest_wasm, http, install, plugin_wasm, scratch_dir, wait_for,
-};
+use kpulse_integration_tests::{Agent, guest_wasm, http, install, plugin_wasm, root, wait_for};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -134,13 +132,18 @@ fn time_scrapes(addr: SocketAddr, path: &str, n: usize) -> (Stats, usize) {
 }
 
 fn node_exporter() -> Option<(Child, SocketAddr)> {
-    let port = free_port();
-    let child = Command::new("prometheus-node-exporter")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+    let mut child = Command::new("prometheus-node-exporter")
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
+    let port = kpulse_integration_tests::wait_listening(
+        &mut child,
+        Duration::from_secs(20),
+        "node_exporter",
+        String::new,
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for(Duration::from_secs(20), "node_exporter", || {
         http(addr, "GET", "/metrics", &[])
@@ -282,44 +285,96 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
+/// Every built-in plugin component in `target/plugins`.
+fn builtin_plugins() -> Vec<PathBuf> {
+    let mut plugins: Vec<PathBuf> = std::fs::read_dir(root().join("target/plugins"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    plugins.sort();
+    plugins
+}
+
+/// RSS and CPU of a process over `seconds`, as a table row.
+fn idle_row(label: &str, pid: u32, seconds: u64, start_cpu: f64) -> String {
+    let cpu = proc_cpu_seconds(pid) - start_cpu;
+    format!(
+        "| {label} | {:.1} MiB | {:.2} s | {:.3} % |",
+        rss_mib(pid),
+        cpu,
+        cpu / seconds as f64 * 100.0
+    )
+}
+
 fn footprint() {
     let seconds = 30;
     println!("\n## Footprint: RSS and idle CPU over {seconds} s without scrapes (side by side)");
     println!("| process | RSS | CPU over {seconds} s | % of one core |\n|---|---|---|---|");
-    let agent = Agent::start(
+    // The simple configuration: two small plugins and ten copies of a trivial guest.
+    let simple = Agent::start(
         "bench-idle",
         &[plugin_wasm("loadavg"), plugin_wasm("example")],
         "",
     );
-    install_bench_plugins(&agent.plugin_dir, 10);
-    wait_running(&agent, 12);
-    // One scrape so every instance has run once, as in production.
-    agent.metrics();
+    install_bench_plugins(&simple.plugin_dir, 10);
+    wait_running(&simple, 12);
+    simple.metrics();
+    // The real one: every built-in plugin, most of them BPF event collectors.
+    let builtins = builtin_plugins();
+    let real = Agent::start("bench-idle-builtin", &builtins, "");
+    let running = builtins.len();
+    wait_for(Duration::from_secs(120), "built-in plugins running", || {
+        let plugins = real.plugins();
+        let settled = plugins.iter().filter(|p| p["state"] != "starting").count();
+        (plugins.len() == running && settled == running).then_some(())
+    });
+    real.metrics();
     let exporter = node_exporter();
-    std::thread::sleep(Duration::from_secs(2));
-    let pid = agent.child.id();
-    let start_agent = proc_cpu_seconds(pid);
+    // Let start-up allocations settle before measuring the steady state.
+    std::thread::sleep(Duration::from_secs(5));
+    let simple_pid = simple.child.id();
+    let real_pid = real.child.id();
+    let start_simple = proc_cpu_seconds(simple_pid);
+    let start_real = proc_cpu_seconds(real_pid);
     let start_exporter = exporter.as_ref().map(|(c, _)| proc_cpu_seconds(c.id()));
     std::thread::sleep(Duration::from_secs(seconds));
-    let agent_cpu = proc_cpu_seconds(pid) - start_agent;
     println!(
-        "| kpulse, 12 plugins (loadavg, example ticking every 1 s, 10 simple) | {:.1} MiB | {:.2} s | {:.3} % |",
-        rss_mib(pid),
-        agent_cpu,
-        agent_cpu / seconds as f64 * 100.0
+        "{}",
+        idle_row(
+            "kpulse, 12 plugins (loadavg, example ticking every 1 s, 10 simple)",
+            simple_pid,
+            seconds,
+            start_simple
+        )
+    );
+    let names: Vec<String> = builtins
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    println!(
+        "{}",
+        idle_row(
+            &format!(
+                "kpulse, every built-in plugin ({}: {})",
+                names.len(),
+                names.join(", ")
+            ),
+            real_pid,
+            seconds,
+            start_real
+        )
     );
     if let (Some((mut child, _)), Some(start)) = (exporter, start_exporter) {
-        let cpu = proc_cpu_seconds(child.id()) - start;
         println!(
-            "| node_exporter, idle | {:.1} MiB | {:.2} s | {:.3} % |",
-            rss_mib(child.id()),
-            cpu,
-            cpu / seconds as f64 * 100.0
+            "{}",
+            idle_row("node_exporter, idle", child.id(), seconds, start)
         );
         let _ = child.kill();
         let _ = child.wait();
     }
-    let _ = scratch_dir;
 }
 
 // ---------------------------------------------------------------------------------------

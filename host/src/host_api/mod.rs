@@ -1,0 +1,145 @@
+//! The host side of the `kpulse:plugin` imports: the per-instance [`HostState`] and one
+//! file per WIT interface (`log`, `host`, `clock`, `fs`, `storage`, `bpf`, named like the
+//! SDK's modules). Each file is a thin shim that converts WIT types and calls a WIT-free
+//! core (`fsaccess`, `timers`, `storage`, `bpf`, ...). Every value from a guest is
+//! untrusted: sizes are capped, paths checked, JSON validated, and every refusal is a typed
+//! error plus a counter. A handle the host does not know traps the guest.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc::UnboundedSender;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::fsaccess::{FsAccess, FsError, ReadGrant};
+use crate::hostinfo::HostInfo;
+use crate::limits::MemoryLimiter;
+use crate::plugins::actor::Call;
+use crate::plugins::stats::PluginStats;
+use crate::storage::Store;
+use crate::timers::Timers;
+use crate::wit::{ErrorCode, types};
+
+mod bpf;
+mod clock;
+mod fs;
+mod host;
+mod log;
+mod storage;
+
+/// Bytes of guest stderr kept for error reports (panic messages end up here).
+const STDERR_CAPACITY: usize = 256 * 1024;
+
+/// Agent-wide services the imports use.
+#[derive(Debug)]
+pub struct Services {
+    pub fs: FsAccess,
+    pub store: Store,
+    pub host: HostInfo,
+    pub runtime: tokio::runtime::Handle,
+    /// Where to copy every ring-buffer batch (`kpulse plugins record`).
+    pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// Fake BPF: objects load and attach without touching the kernel (`plugins replay`).
+    pub replay: bool,
+}
+
+/// Who the instance is and what it may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub stats: Arc<PluginStats>,
+    pub grant: ReadGrant,
+    /// Whether BPF is allowed, or why not.
+    pub bpf: Result<(), String>,
+    pub kallsyms: bool,
+    /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
+    pub rx_timestamps: bool,
+}
+
+/// The state of one plugin instance: WASI context, resource table, limits and timers.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub stderr: MemoryOutputPipe,
+    identity: Identity,
+    services: Arc<Services>,
+    timers: Timers,
+    next_subscription: u64,
+    /// Held open while the instance lives (see [`crate::rxstamp`]).
+    _rx_timestamps: Option<std::net::UdpSocket>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// State for a new instance. `mailbox` is where timer firings and BPF batches are
+    /// delivered; `None` for throw-away instances such as `describe` probes.
+    pub fn new(
+        identity: Identity,
+        services: Arc<Services>,
+        memory_bytes: u64,
+        mailbox: Option<(UnboundedSender<Call>, u64)>,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // No preopens, no env, no args, no sockets, no name lookup: no ambient authority.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limiter = MemoryLimiter::new(memory_bytes, identity.stats.clone());
+        let timers = Timers::new(mailbox, services.runtime.clone());
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            stderr,
+            services,
+            _rx_timestamps: identity
+                .rx_timestamps
+                .then(crate::rxstamp::enable)
+                .flatten(),
+            identity,
+            timers,
+            next_subscription: 1,
+        }
+    }
+
+    /// The last lines the guest wrote to stderr (a panic message, typically).
+    pub fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The error code for a refused read; capability refusals are counted.
+    fn read_refused(&self, err: &FsError) -> ErrorCode {
+        let code = match err {
+            FsError::Denied(_) => ErrorCode::AccessDenied,
+            FsError::NotFound(_) => return ErrorCode::NotFound,
+            FsError::Invalid(_) => ErrorCode::InvalidArgument,
+            FsError::TooLarge(_) => return ErrorCode::TooLarge,
+            FsError::Io { .. } => return ErrorCode::Io,
+        };
+        self.identity
+            .stats
+            .denied_reads
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(plugin = %self.identity.name, %err, "read refused");
+        code
+    }
+}
+
+impl types::Host for HostState {}
