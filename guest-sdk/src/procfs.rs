@@ -221,6 +221,292 @@ pub fn parse_process_stat(text: &str) -> Result<ProcessStat> {
     })
 }
 
+/// [`parse_key_values`] that also counts the non-empty lines it could not parse (a key
+/// without a value, or a value that is not an unsigned integer), for plugins that report
+/// malformed input instead of dropping it silently.
+pub fn parse_key_values_counted(text: &str) -> (BTreeMap<String, u64>, u64) {
+    let mut skipped = 0;
+    let mut map = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next().and_then(|v| v.parse().ok())) {
+            (Some(key), Some(value)) => {
+                map.insert(key.to_owned(), value);
+            }
+            _ => skipped += 1,
+        }
+    }
+    (map, skipped)
+}
+
+/// One device line of `/proc/diskstats` (the first 14 fields; the discard and flush
+/// fields of newer kernels are not kept). Times are in milliseconds, sizes in 512-byte
+/// sectors, as the kernel reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskStat {
+    pub major: u32,
+    pub minor: u32,
+    pub name: String,
+    pub reads: u64,
+    pub reads_merged: u64,
+    pub sectors_read: u64,
+    pub read_ms: u64,
+    pub writes: u64,
+    pub writes_merged: u64,
+    pub sectors_written: u64,
+    pub write_ms: u64,
+    /// I/Os currently in flight (the only field that goes down).
+    pub in_progress: u64,
+    pub io_ms: u64,
+    pub weighted_io_ms: u64,
+}
+
+/// Parses `/proc/diskstats`. Returns the devices and the number of non-empty lines skipped
+/// because they had fewer than 14 fields or a non-numeric one.
+pub fn parse_diskstats(text: &str) -> (Vec<DiskStat>, u64) {
+    let mut skipped = 0;
+    let mut disks = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let parsed = (|| {
+            if f.len() < 14 {
+                return None;
+            }
+            let n: Vec<u64> = f[3..14]
+                .iter()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            Some(DiskStat {
+                major: f[0].parse().ok()?,
+                minor: f[1].parse().ok()?,
+                name: f[2].to_owned(),
+                reads: n[0],
+                reads_merged: n[1],
+                sectors_read: n[2],
+                read_ms: n[3],
+                writes: n[4],
+                writes_merged: n[5],
+                sectors_written: n[6],
+                write_ms: n[7],
+                in_progress: n[8],
+                io_ms: n[9],
+                weighted_io_ms: n[10],
+            })
+        })();
+        match parsed {
+            Some(disk) => disks.push(disk),
+            None => skipped += 1,
+        }
+    }
+    (disks, skipped)
+}
+
+/// Names of the receive columns of `/proc/net/dev`, as HUATUO and node_exporter name them.
+pub const NET_DEV_RECEIVE: [&str; 8] = [
+    "bytes",
+    "packets",
+    "errors",
+    "dropped",
+    "fifo",
+    "frame",
+    "compressed",
+    "multicast",
+];
+/// Names of the transmit columns of `/proc/net/dev`.
+pub const NET_DEV_TRANSMIT: [&str; 8] = [
+    "bytes",
+    "packets",
+    "errors",
+    "dropped",
+    "fifo",
+    "colls",
+    "carrier",
+    "compressed",
+];
+
+/// One interface of `/proc/net/dev`; the columns are in the order of [`NET_DEV_RECEIVE`]
+/// and [`NET_DEV_TRANSMIT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetDev {
+    pub name: String,
+    pub receive: [u64; 8],
+    pub transmit: [u64; 8],
+}
+
+/// Parses `/proc/net/dev` (also `/proc/<pid>/net/dev`). The two header lines are not
+/// data; any other line that is not `name: 16 numbers` is skipped and counted.
+pub fn parse_net_dev(text: &str) -> (Vec<NetDev>, u64) {
+    let mut skipped = 0;
+    let mut devices = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.contains('|') {
+            continue; // "Inter-|   Receive ..." and " face |bytes ..."
+        }
+        let parsed = line.split_once(':').and_then(|(name, rest)| {
+            let n: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            let name = name.trim();
+            if name.is_empty() || n.len() < 16 {
+                return None;
+            }
+            let mut dev = NetDev {
+                name: name.to_owned(),
+                ..NetDev::default()
+            };
+            dev.receive.copy_from_slice(&n[..8]);
+            dev.transmit.copy_from_slice(&n[8..16]);
+            Some(dev)
+        });
+        match parsed {
+            Some(dev) => devices.push(dev),
+            None => skipped += 1,
+        }
+    }
+    (devices, skipped)
+}
+
+/// One `Proto: value ...` section of `/proc/net/netstat` or `/proc/net/snmp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetstatSection {
+    /// `Tcp`, `TcpExt`, `IpExt`, `Udp`, ...
+    pub protocol: String,
+    /// Field name and value, in file order. Values are signed (`Tcp: MaxConn` is -1).
+    pub fields: Vec<(String, i64)>,
+}
+
+/// Parses `/proc/net/netstat` and `/proc/net/snmp`: pairs of lines, a header
+/// `Proto: Name1 Name2 ...` then `Proto: 1 2 ...`. A pair whose second line names another
+/// protocol or has another number of columns is skipped and counted as one; a value that is
+/// not an integer skips that field and counts one.
+pub fn parse_netstat(text: &str) -> (Vec<NetstatSection>, u64) {
+    let mut skipped = 0;
+    let mut sections = Vec::new();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    while let Some(header) = lines.next() {
+        let names: Vec<&str> = header.split_whitespace().collect();
+        let Some(protocol) = names.first().and_then(|p| p.strip_suffix(':')) else {
+            skipped += 1;
+            continue;
+        };
+        let Some(values) = lines.next() else {
+            skipped += 1;
+            break;
+        };
+        let values: Vec<&str> = values.split_whitespace().collect();
+        if values.first() != names.first() || values.len() != names.len() {
+            skipped += 1;
+            continue;
+        }
+        let mut fields = Vec::with_capacity(names.len() - 1);
+        for (name, value) in names.iter().zip(&values).skip(1) {
+            match value.parse() {
+                Ok(v) => fields.push(((*name).to_owned(), v)),
+                Err(_) => skipped += 1,
+            }
+        }
+        sections.push(NetstatSection {
+            protocol: protocol.to_owned(),
+            fields,
+        });
+    }
+    (sections, skipped)
+}
+
+/// Parses `/proc/net/sockstat` (and `sockstat6`): lines `LABEL: key value key value ...`,
+/// e.g. `sockets: used 120`, `TCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1`. Returns the label
+/// with its pairs; a line without `:` or with an odd or non-numeric pair is skipped and
+/// counted.
+pub fn parse_sockstat(text: &str) -> (Vec<(String, Vec<(String, u64)>)>, u64) {
+    let mut skipped = 0;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed = line.split_once(':').and_then(|(label, rest)| {
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            if label.trim().is_empty() || parts.len() % 2 != 0 {
+                return None;
+            }
+            let pairs = parts
+                .chunks(2)
+                .map(|kv| Some((kv[0].to_owned(), kv[1].parse().ok()?)))
+                .collect::<Option<Vec<_>>>()?;
+            Some((label.trim().to_owned(), pairs))
+        });
+        match parsed {
+            Some(entry) => out.push(entry),
+            None => skipped += 1,
+        }
+    }
+    (out, skipped)
+}
+
+/// One line of `/proc/buddyinfo`: free blocks per order of a NUMA node's zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuddyZone {
+    pub node: String,
+    pub zone: String,
+    /// `free[order]`: free blocks of 2^order pages.
+    pub free: Vec<u64>,
+}
+
+/// Parses `/proc/buddyinfo`: `Node 0, zone   Normal   12   5   3 ...`. Lines of another
+/// shape are skipped and counted.
+pub fn parse_buddyinfo(text: &str) -> (Vec<BuddyZone>, u64) {
+    let mut skipped = 0;
+    let mut zones = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed = (|| {
+            let (node, rest) = line.trim().strip_prefix("Node ")?.split_once(',')?;
+            let mut parts = rest.split_whitespace();
+            if parts.next()? != "zone" {
+                return None;
+            }
+            let zone = parts.next()?.to_owned();
+            let free = parts
+                .map(|v| v.parse().ok())
+                .collect::<Option<Vec<u64>>>()?;
+            let node = node.trim();
+            (!node.is_empty() && !free.is_empty()).then(|| BuddyZone {
+                node: node.to_owned(),
+                zone,
+                free,
+            })
+        })();
+        match parsed {
+            Some(z) => zones.push(z),
+            None => skipped += 1,
+        }
+    }
+    (zones, skipped)
+}
+
+/// The kernel's page size in bytes from the same counter in two units: `PageTables` of
+/// `/proc/meminfo` (kB) over `nr_page_table_pages` of `/proc/vmstat` (pages), rounded to a
+/// power of two. `None` if either is missing or zero. (A guest cannot call `getpagesize`:
+/// its own page size is WebAssembly's.)
+pub fn page_size_from(
+    meminfo: &BTreeMap<String, u64>,
+    vmstat: &BTreeMap<String, u64>,
+) -> Option<u64> {
+    let bytes = *meminfo.get("PageTables")?;
+    let pages = *vmstat.get("nr_page_table_pages")?;
+    if bytes == 0 || pages == 0 {
+        return None;
+    }
+    // The two reads are not atomic: round the ratio to the nearest power of two.
+    let ratio = bytes as f64 / pages as f64;
+    Some(2f64.powf(ratio.log2().round()).clamp(1024.0, 1_048_576.0) as u64)
+}
+
+/// Reads the kernel's page size with [`page_size_from`] (declare `read:/proc/meminfo` and
+/// `read:/proc/vmstat`).
+pub fn page_size() -> Result<u64> {
+    page_size_from(&meminfo()?, &vmstat()?).ok_or_else(|| {
+        Error::msg("no PageTables in /proc/meminfo or nr_page_table_pages in /proc/vmstat")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +557,116 @@ mod tests {
             (s.utime, s.stime, s.num_threads, s.rss_pages),
             (7, 3, 5, 250)
         );
+    }
+    #[test]
+    fn key_values_counted() {
+        let (m, skipped) = parse_key_values_counted("nr_free_pages 12\nbroken\npgfault x\n\n");
+        assert_eq!(m["nr_free_pages"], 12);
+        assert_eq!((m.len(), skipped), (1, 2));
+    }
+
+    #[test]
+    fn diskstats_lines() {
+        let text = "   8       0 sda 1000 200 50000 3000 2000 400 80000 6000 50 9000 15000 0 0 0 0 7 8\n\
+                    7 0 loop0 1 2 3\n\
+                    8 1 sda1 x 0 0 0 0 0 0 0 0 0 0\n\
+                  259 0 nvme0n1 1 2 3 4 5 6 7 8 9 10 11\n";
+        let (disks, skipped) = parse_diskstats(text);
+        assert_eq!(skipped, 2);
+        assert_eq!(disks.len(), 2);
+        let sda = &disks[0];
+        assert_eq!((sda.major, sda.minor, sda.name.as_str()), (8, 0, "sda"));
+        assert_eq!(
+            (sda.reads, sda.sectors_read, sda.read_ms),
+            (1000, 50000, 3000)
+        );
+        assert_eq!(
+            (sda.writes, sda.sectors_written, sda.write_ms),
+            (2000, 80000, 6000)
+        );
+        assert_eq!(
+            (sda.in_progress, sda.io_ms, sda.weighted_io_ms),
+            (50, 9000, 15000)
+        );
+        assert_eq!(disks[1].weighted_io_ms, 11);
+    }
+
+    #[test]
+    fn net_dev_lines() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo: 100 2 0 0 0 0 0 0 100 2 0 0 0 0 0 0\n  \
+eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n \
+bad: 1 2 3\n \
+noc 1 2\n";
+        let (devs, skipped) = parse_net_dev(text);
+        assert_eq!(skipped, 2);
+        assert_eq!(devs.len(), 2);
+        assert_eq!(devs[1].name, "eth0");
+        assert_eq!(devs[1].receive, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(devs[1].transmit, [9, 10, 11, 12, 13, 14, 15, 16]);
+    }
+
+    #[test]
+    fn netstat_pairs() {
+        let text = "TcpExt: SyncookiesSent ListenDrops\nTcpExt: 3 7\n\
+                    Tcp: RtoAlgorithm MaxConn CurrEstab\nTcp: 1 -1 x\n\
+                    IpExt: A B\nIpExt: 1\n\
+                    Udp: InDatagrams\nIcmp: 5\n";
+        let (sections, skipped) = parse_netstat(text);
+        // x is one, IpExt's short row one, Udp/Icmp mismatch one.
+        assert_eq!(skipped, 3);
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[0].protocol, "TcpExt");
+        assert_eq!(sections[0].fields[1], ("ListenDrops".to_owned(), 7));
+        assert_eq!(
+            sections[1].fields,
+            vec![("RtoAlgorithm".to_owned(), 1), ("MaxConn".to_owned(), -1)]
+        );
+        // A trailing header without values.
+        assert_eq!(parse_netstat("Tcp: A\n").1, 1);
+    }
+
+    #[test]
+    fn sockstat_lines() {
+        let text = "sockets: used 120\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1\nUDP: inuse 2 mem\nFRAG: inuse 0 memory 0\njunk\n";
+        let (lines, skipped) = parse_sockstat(text);
+        assert_eq!(skipped, 2);
+        assert_eq!(
+            lines[0],
+            ("sockets".to_owned(), vec![("used".to_owned(), 120)])
+        );
+        assert_eq!(lines[1].1.len(), 5);
+        assert_eq!(lines[2].0, "FRAG");
+    }
+
+    #[test]
+    fn buddyinfo_lines() {
+        let text = "Node 0, zone      DMA      1      1      0      1\n\
+                    Node 0, zone   Normal   4060   2009    x\n\
+                    Node 1, zone   Normal   7 8\n\
+                    garbage\n";
+        let (zones, skipped) = parse_buddyinfo(text);
+        assert_eq!(skipped, 2);
+        assert_eq!(zones.len(), 2);
+        assert_eq!(
+            (zones[0].node.as_str(), zones[0].zone.as_str()),
+            ("0", "DMA")
+        );
+        assert_eq!(zones[0].free, vec![1, 1, 0, 1]);
+        assert_eq!(zones[1].free, vec![7, 8]);
+    }
+    #[test]
+    fn page_size_ratio() {
+        let meminfo = parse_meminfo("PageTables:        8000 kB\n");
+        let vmstat = parse_key_values("nr_page_table_pages 2001\n");
+        assert_eq!(page_size_from(&meminfo, &vmstat), Some(4096));
+        let vmstat64k = parse_key_values("nr_page_table_pages 125\n");
+        assert_eq!(page_size_from(&meminfo, &vmstat64k), Some(65536));
+        assert_eq!(
+            page_size_from(&meminfo, &parse_key_values("nr_page_table_pages 0\n")),
+            None
+        );
+        assert_eq!(page_size_from(&BTreeMap::new(), &vmstat), None);
     }
 }

@@ -18,6 +18,7 @@ mod events_softirq;
 mod events_softlockup;
 mod hot_reload;
 mod metrics;
+mod metrics_host;
 mod opensearch;
 mod opensearch_secure;
 mod record_replay;
