@@ -33,6 +33,10 @@ pub enum RuntimeError {
     Compile { file: String, message: String },
     #[error("{file}: does not satisfy the {WIT_PACKAGE} world: {message}")]
     Link { file: String, message: String },
+    #[error(
+        "{file}: built for {theirs}, but this host implements {WIT_PACKAGE}: rebuild the plugin against a kpulse-sdk for {WIT_PACKAGE}"
+    )]
+    Version { file: String, theirs: String },
     #[error("compile cache {path}: {source}")]
     Cache {
         path: PathBuf,
@@ -167,12 +171,31 @@ impl Runtime {
         &self.engine
     }
 
+    /// The `kpulse:plugin@<version>` a component imports, when it is not this host's.
+    fn other_contract(&self, component: &Component) -> Option<String> {
+        let ours = WIT_PACKAGE.split_once('@').map(|(_, v)| v)?;
+        component
+            .component_type()
+            .imports(&self.engine)
+            .find_map(|(name, _)| {
+                let rest = name.strip_prefix("kpulse:plugin/")?;
+                let (_, version) = rest.split_once('@')?;
+                (version != ours).then(|| format!("kpulse:plugin@{version}"))
+            })
+    }
+
     /// Compiles (or loads from the cache) and links a component.
     pub fn prepare(&self, file: &Path, wasm: &[u8]) -> Result<Prepared, RuntimeError> {
         let started = Instant::now();
         let sha256 = hex::encode(sha2::Sha256::digest(wasm));
         let file_name = file.display().to_string();
         let (component, source) = self.compile_cached(&file_name, &sha256, wasm)?;
+        if let Some(theirs) = self.other_contract(&component) {
+            return Err(RuntimeError::Version {
+                file: file_name,
+                theirs,
+            });
+        }
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)

@@ -319,7 +319,10 @@ cmd_start() {
     # setsid: own session and process group, so the node outlives this shell and stop can find
     # every process of it. The exec chain setsid -> setpriv -> env -> bin/$NODE_KIND -> java
     # keeps one pid: $! is the JVM (the server, or a launcher whose child is the server).
-    # fd 9 (the lock) must not be inherited by the node.
+    # No descriptor but stdio may be inherited by the node: not fd 9 (our lock), and not
+    # whatever the caller holds (a `flock FILE cargo test` that starts the node would
+    # otherwise stay locked for as long as the node lives). The subshell execs, so $! stays
+    # the node's pid.
     # The nodes ask for 65535 open files (only a warning on loopback); raise it if we may.
     ulimit -n 65535 2>/dev/null || true
     local -a run=(env -i
@@ -331,14 +334,24 @@ cmd_start() {
         "${NODE_ENV_PREFIX}_TMPDIR=$TMP_DIR"
         "$NODE_HOME/bin/$NODE_KIND")
     if is_root; then
-        setsid setpriv --reuid="$NODE_USER" --regid="$NODE_USER" --init-groups -- "${run[@]}" \
-            </dev/null >>"$CONSOLE_LOG" 2>&1 9>&- &
+        (close_inherited_fds; exec setsid setpriv --reuid="$NODE_USER" --regid="$NODE_USER" \
+            --init-groups -- "${run[@]}" </dev/null >>"$CONSOLE_LOG" 2>&1) &
     else
-        setsid "${run[@]}" </dev/null >>"$CONSOLE_LOG" 2>&1 9>&- &
+        (close_inherited_fds; exec setsid "${run[@]}" </dev/null >>"$CONSOLE_LOG" 2>&1) &
     fi
     pid=$!
     echo "$pid" >"$PID_FILE"
     wait_healthy "$pid"
+}
+
+# Closes every open descriptor above 2 of this shell (they would be inherited by the node).
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] 2>/dev/null || continue
+        eval "exec $fd>&-" 2>/dev/null || true
+    done
 }
 
 wait_healthy() {
