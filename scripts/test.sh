@@ -31,5 +31,11 @@ echo "== tests"
 # tests/integration/opensearch.rs and a secured one (TLS, basic auth) for opensearch_secure.rs.
 scripts/opensearch.sh start
 scripts/opensearch.sh start-secure
-cargo test --release --workspace --exclude kpulse-integration-tests
+# Features unify over the packages one cargo invocation selects: the host's tests (and the
+# integration tests, which depend on the host package) resolve like `cargo build -p kpulse`
+# above and reuse its build; the guest crates' native unit tests go separately, because their
+# wit-bindgen macros enable features (indexmap's default) on build-time crates that
+# wasmtime's macros share, which would compile wasmtime and the host a second time.
+cargo test --release -p kpulse
+cargo test --release --workspace --exclude kpulse --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests

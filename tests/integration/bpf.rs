@@ -3,7 +3,7 @@
 //! kernel lacks give a typed not-supported error.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kpulse_integration_tests::{Agent, guest_wasm, plugin_wasm, sample, sample_with, wait_for};
 
@@ -246,6 +246,7 @@ fn uprobe_samples_arrive_through_a_perf_array_until_detached() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
+    let calls_started = Instant::now();
     call_getsid(5);
     let metrics = wait_for(
         Duration::from_secs(10),
@@ -257,6 +258,10 @@ fn uprobe_samples_arrive_through_a_perf_array_until_detached() {
             .then_some(m)
         },
     );
+    // Positive control for the check after the detach: while attached, the calls were
+    // counted within this time, so a window at least this long would show later calls if
+    // they were still seen.
+    let delivery = calls_started.elapsed();
     assert_eq!(
         sample(&metrics, "kpulse_uprobe_last_argument{"),
         Some(f64::from(ARGUMENT)),
@@ -280,12 +285,15 @@ fn uprobe_samples_arrive_through_a_perf_array_until_detached() {
         || kernel_objects_named("on_getsid").0.is_empty().then_some(()),
     );
     let seen = sample(&agent.metrics(), "kpulse_uprobe_samples_total{").unwrap_or(0.0);
+    let calls_started = Instant::now();
     call_getsid(20);
-    std::thread::sleep(Duration::from_millis(300));
+    // Not seeing something takes a window: twice what delivery took while attached.
+    let window = (delivery * 2).max(Duration::from_millis(300));
+    std::thread::sleep(window.saturating_sub(calls_started.elapsed()));
     assert_eq!(
         sample(&agent.metrics(), "kpulse_uprobe_samples_total{"),
         Some(seen),
-        "calls after the detach are not seen"
+        "calls after the detach are not seen (window {window:?}; attached, 5 calls were counted within {delivery:?})"
     );
 }
 

@@ -16,7 +16,8 @@ use kpulse_integration_tests::{Agent, root, sample, wait_for};
 use serde_json::{Value, json};
 
 use crate::opensearch::{
-    FAST_EXAMPLE, agent_dir, cluster_request, install_example, local_ids, metric, node_lock, prefix,
+    FAST_EXAMPLE, agent_dir, cluster_request, install_example, local_ids, metric, node_lock,
+    prefix, stop_generator,
 };
 
 /// A node of one major version, started by the test if it was not up.
@@ -391,8 +392,8 @@ fn documents_arrive_once(major: u8) {
 
     // Stop generating, let everything be acknowledged, stop: each local document is in the
     // cluster once.
-    assert!((200..300).contains(&agent.put("/plugins/example/stop").status));
-    std::thread::sleep(Duration::from_millis(500));
+    // Stopped, and the writer has handed every saved document to the spool: none comes later.
+    stop_generator(&agent);
     wait_or_explain(
         &agent,
         Duration::from_secs(30),

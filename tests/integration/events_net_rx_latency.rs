@@ -8,6 +8,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kpulse_integration_tests::{Agent, plugin_wasm, sample_with, wait_for};
@@ -113,7 +117,9 @@ fn loopback_tcp_gives_tcp_and_usercopy_latencies() {
 }
 
 /// HUATUO's default: the host network namespace (where this test runs) is excluded, so the
-/// same traffic gives no events.
+/// same traffic gives no events. Positive control in the same run: the same exchanges in a
+/// network namespace of their own are reported, and they happen after the host's, so by the
+/// time their events are in, events of the host's traffic would be in too.
 #[test]
 fn host_netns_is_excluded_by_default() {
     let config = "[plugins.net_rx_latency]\ntcp_threshold_ns = 1\nusercopy_threshold_ns = 1\n";
@@ -123,16 +129,125 @@ fn host_netns_is_excluded_by_default() {
         config,
     );
     agent.wait_state("net_rx_latency", "running", Duration::from_secs(20));
+    let host_netns = netns_inum();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let connections: Vec<_> = (0..10).map(|_| exchange(&listener, 32 * 1024)).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let docs = agent.get("/events?tracer=net_rx_latency&limit=1000").json();
-    let ours = docs.as_array().unwrap().iter().filter(|d| {
-        let data = &d["tracer_data"];
-        connections
-            .iter()
-            .any(|&(client, server)| data["tcp_sport"] == client && data["tcp_dport"] == server)
-    });
-    assert_eq!(ours.count(), 0, "{docs}");
+
+    let other = OtherNetns::start();
+    let other_netns = other.inum;
+    assert_ne!(other_netns, host_netns);
+    let reported = wait_for(
+        Duration::from_secs(30),
+        "events of the same traffic in another network namespace (positive control)",
+        || {
+            let docs = agent
+                .get("/events?tracer=net_rx_latency&limit=10000")
+                .json();
+            let count = docs
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["tracer_data"]["net_namespace_inum"] == other_netns)
+                .count();
+            (count > 0).then_some(count)
+        },
+    );
+    let exchanges = other.stop();
+    eprintln!("positive control: {reported} events after {exchanges} exchanges in the other netns");
+
+    let docs = agent
+        .get("/events?tracer=net_rx_latency&limit=10000")
+        .json();
+    let from_host: Vec<_> = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            let data = &d["tracer_data"];
+            data["net_namespace_inum"] == host_netns
+                || connections.iter().any(|&(client, server)| {
+                    data["tcp_sport"] == client
+                        && data["tcp_dport"] == server
+                        && data["net_namespace_inum"] != other_netns
+                })
+        })
+        .collect();
+    assert!(from_host.is_empty(), "{from_host:?}");
     assert_eq!(agent.plugin("net_rx_latency").unwrap()["state"], "running");
+}
+
+/// Inode number of the calling thread's network namespace.
+fn netns_inum() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+}
+
+/// A thread in a network namespace of its own (loopback up) that runs [`exchange`]s until
+/// stopped.
+struct OtherNetns {
+    inum: u64,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl OtherNetns {
+    fn start() -> OtherNetns {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (inum_tx, inum_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                // SAFETY: unshare has no memory-safety preconditions; CLONE_NEWNET moves only
+                // this thread (and what it spawns) into the new namespace.
+                #[allow(unsafe_code, reason = "unshare(2) has no safe wrapper in std")]
+                let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(
+                    rc,
+                    0,
+                    "unshare(CLONE_NEWNET): {}",
+                    std::io::Error::last_os_error()
+                );
+                // A child inherits the namespace of the thread that spawns it.
+                let up = Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("ip (iproute2) must be installed");
+                assert!(up.success(), "ip link set lo up: {up}");
+                inum_tx.send(netns_inum()).unwrap();
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let mut exchanges = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    exchange(&listener, 32 * 1024);
+                    exchanges += 1;
+                }
+                exchanges
+            }
+        });
+        match inum_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(inum) => OtherNetns {
+                inum,
+                stop,
+                thread: Some(thread),
+            },
+            Err(err) => {
+                stop.store(true, Ordering::Relaxed);
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
+                panic!("the thread in the new network namespace did not start: {err}");
+            }
+        }
+    }
+
+    /// Stops the exchanges; returns how many there were.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for OtherNetns {
+    /// Also when the test fails: the thread ends after its current exchange.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }

@@ -3,9 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kpulse_integration_tests::{
-    Agent, free_port, http, plugin_wasm, sample, scratch_dir, wait_for,
-};
+use kpulse_integration_tests::{Agent, http, plugin_wasm, sample, scratch_dir, wait_for};
 
 fn promtool_check(exposition: &str) {
     use std::io::Write;
@@ -125,7 +123,6 @@ fn huatuo_prefix_reproduces_huatuo_names() {
 fn prometheus_server_scrapes_the_agent() {
     let agent = Agent::start("prom", &[plugin_wasm("loadavg")], "");
     let dir = scratch_dir("prometheus");
-    let port = free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kpulse\n    static_configs:\n      - targets: ['{}']\n",
         agent.addr
@@ -141,13 +138,20 @@ fn prometheus_server_scrapes_the_agent() {
             "--storage.tsdb.path={}",
             dir.join("tsdb").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // Port 0: the kernel picks a free one; read back from /proc below.
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("prometheus (Debian package prometheus) must be installed");
-    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let pid = prometheus.id();
     let result = std::panic::catch_unwind(|| {
+        let port = wait_for(Duration::from_secs(60), "Prometheus to listen", || {
+            kpulse_integration_tests::listening_ports(pid)
+                .first()
+                .copied()
+        });
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         wait_for(
             Duration::from_secs(60),
             "Prometheus to return kpulse_loadavg_load1",

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kpulse_integration_tests::{
-    Agent, guest_wasm, plugin_wasm, root, sample, scratch_dir, wait_for,
+    Agent, guest_wasm, plugin_wasm, root, sample, sample_with, scratch_dir, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -149,6 +149,50 @@ fn count(prefix: &str, q: Option<&str>) -> u64 {
 
 pub(crate) fn metric(agent: &Agent, name: &str) -> f64 {
     sample(&agent.metrics(), name).unwrap_or(0.0)
+}
+
+/// Stops the example generator and waits until the local writer has handled everything it
+/// saved: the plugin is stopped (nothing more is saved), the writer's queue is empty and the
+/// local files hold every document the plugin saved in this run. The writer hands each
+/// document to the sink's spool before it writes the local file, so then every document is
+/// in the spool too (or already acknowledged).
+pub(crate) fn stop_generator(agent: &Agent) {
+    assert!((200..300).contains(&agent.put("/plugins/example/stop").status));
+    agent.wait_state("example", "stopped", Duration::from_secs(10));
+    wait_for(
+        Duration::from_secs(10),
+        "the local writer to write every saved document",
+        || {
+            let metrics = agent.metrics();
+            let saved = sample_with(
+                &metrics,
+                "kpulse_plugin_documents_saved_total",
+                "plugin=\"example\"",
+            )?;
+            let written: f64 = metrics
+                .lines()
+                .filter(|line| line.starts_with("kpulse_storage_documents_written_total{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let queued = sample(&metrics, "kpulse_storage_queue_length")?;
+            (queued == 0.0 && written >= saved).then_some(())
+        },
+    );
+}
+
+/// [`stop_generator`] for a cluster that acknowledges nothing meanwhile (down, or refusing):
+/// also waits until the local store holds as many documents as the spool. Returns how many
+/// are spooled.
+pub(crate) fn stop_generator_and_settle(agent: &Agent) -> f64 {
+    stop_generator(agent);
+    wait_for(
+        Duration::from_secs(10),
+        "the local store to hold every spooled document",
+        || {
+            let spooled = sample(&agent.metrics(), "kpulse_opensearch_spooled")?;
+            (local_ids(&agent.dir).len() as f64 == spooled).then_some(spooled)
+        },
+    )
 }
 
 /// `YYYY.MM.DD` of now, in UTC (civil-from-days, H. Hinnant).
@@ -351,11 +395,9 @@ fn opensearch_outage_kill9_restart_delivers_every_document_once() {
         "documents spooled during the outage",
         || (metric(&agent, "kpulse_opensearch_spooled") >= 20.0).then_some(()),
     );
-    // Stop generating so that the set of documents is fixed, let the writer settle, then
-    // kill -9 with everything still spooled.
-    assert!((200..300).contains(&agent.put("/plugins/example/stop").status));
-    std::thread::sleep(Duration::from_millis(500));
-    let spooled = metric(&agent, "kpulse_opensearch_spooled");
+    // Stop generating so that the set of documents is fixed, wait for the local writer to
+    // catch up, then kill -9 with everything still spooled.
+    let spooled = stop_generator_and_settle(&agent);
     let log = agent.log();
     assert!(
         log.contains("cannot install the OpenSearch index template") && log.contains("unreachable"),
@@ -380,7 +422,11 @@ fn opensearch_outage_kill9_restart_delivers_every_document_once() {
     wait_for(Duration::from_secs(60), "the replayed documents", || {
         (count(&prefix, None) >= expected).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Once the spool is drained every batch is acknowledged and committed: nothing more is
+    // sent, so the count is final.
+    wait_for(Duration::from_secs(10), "the spool to drain", || {
+        (metric(&agent, "kpulse_opensearch_spooled") == 0.0).then_some(())
+    });
     assert_eq!(count(&prefix, None), expected, "exactly once");
     // Every local document is in the cluster, by tracer_id.
     let body = json!({"size": 10_000, "_source": ["tracer_id"]}).to_string();
@@ -393,9 +439,6 @@ fn opensearch_outage_kill9_restart_delivers_every_document_once() {
         .collect();
     remote.sort();
     assert_eq!(remote, ids);
-    wait_for(Duration::from_secs(10), "the spool to drain", || {
-        (metric(&agent, "kpulse_opensearch_spooled") == 0.0).then_some(())
-    });
     assert_eq!(
         metric(&agent, "kpulse_opensearch_documents_indexed_total")
             + metric(&agent, "kpulse_opensearch_documents_duplicate_total"),
@@ -634,15 +677,19 @@ fn opensearch_data_stream_receives_every_document_once() {
 
     // Stop generating, let everything arrive, restart the agent on the same data: the
     // local record and the stream hold the same documents, each once.
-    assert!((200..300).contains(&agent.put("/plugins/example/stop").status));
+    stop_generator(&agent);
     wait_for(Duration::from_secs(20), "the spool to drain", || {
         (metric(&agent, "kpulse_opensearch_spooled") == 0.0).then_some(())
     });
     drop(agent);
     std::fs::remove_file(dir.join("plugins/example.wasm")).unwrap();
     let agent = Agent::start_in(dir.clone(), &config);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(metric(&agent, "kpulse_opensearch_spooled"), 0.0);
+    // The spool's count is read from its committed position when the sink opens, before the
+    // agent is ready: nothing waits to be sent again.
+    assert_eq!(
+        sample(&agent.metrics(), "kpulse_opensearch_spooled"),
+        Some(0.0)
+    );
     assert_eq!(remote_ids(&prefix), local_ids(&dir), "exactly once");
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::opensearch::{
     FAST_EXAMPLE, agent_dir, install_example, local_ids, metric, node_lock, opensearch_script,
-    prefix,
+    prefix, stop_generator_and_settle,
 };
 
 /// The secured node's connection settings (`<state>/env`, written by `start-secure`).
@@ -187,9 +187,7 @@ fn spool_then_stop_generator(agent: &Agent, min: f64) -> f64 {
     wait_for(Duration::from_secs(30), "the spool to keep growing", || {
         (metric(agent, "kpulse_opensearch_spooled") >= min.max(first + 1.0)).then_some(())
     });
-    assert!((200..300).contains(&agent.put("/plugins/example/stop").status));
-    std::thread::sleep(Duration::from_millis(500));
-    metric(agent, "kpulse_opensearch_spooled")
+    stop_generator_and_settle(agent)
 }
 
 /// Nothing was dropped, dead-lettered or indexed: every document is still in the spool.
@@ -264,10 +262,10 @@ fn restart_and_deliver(node: &SecureNode, dir: &Path, prefix: &str, config: &str
         "the spooled documents in OpenSearch",
         || (node.count(prefix, None) >= expected).then_some(()),
     );
+    // Drained: every batch is acknowledged and committed, nothing more is sent.
     wait_for(Duration::from_secs(10), "the spool to drain", || {
         (metric(&agent, "kpulse_opensearch_spooled") == 0.0).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(node.count(prefix, None), expected, "exactly once");
     assert_eq!(node.ids(prefix), ids, "every local document, by tracer_id");
     assert_eq!(
@@ -693,10 +691,10 @@ fn opensearch_secure_missing_permission_is_logged_and_nothing_lost() {
         "the documents after the grant",
         || (node.count(&prefix, None) >= expected).then_some(()),
     );
+    // Drained: every batch is acknowledged and committed, nothing more is sent.
     wait_for(Duration::from_secs(10), "the spool to drain", || {
         (metric(&agent, "kpulse_opensearch_spooled") == 0.0).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(node.count(&prefix, None), expected, "exactly once");
     assert_eq!(node.ids(&prefix), ids, "every local document, by tracer_id");
     assert_eq!(

@@ -1,8 +1,10 @@
 //! `kpulse plugins record` on the live kernel, then `kpulse plugins replay` offline: the
 //! same documents come out, and replay needs neither BPF nor root.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use kpulse_integration_tests::{kpulse_bin, plugin_wasm, scratch_dir};
 use serde_json::Value;
@@ -19,7 +21,7 @@ fn recorded_drops_replay_offline_without_root() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();
     let dir = scratch_dir("record");
     let recording = dir.join("dropwatch.kprec");
-    let recorder = Command::new(kpulse_bin())
+    let mut recorder = Command::new(kpulse_bin())
         .args(["plugins", "record"])
         .arg(plugin_wasm("dropwatch"))
         .args(["--for", "4s"])
@@ -27,8 +29,40 @@ fn recorded_drops_replay_offline_without_root() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The recorder says `recording ...` once its plugin runs (programs attached); its stderr
+    // goes on through a thread so that the lines can be waited for and kept for the asserts.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = recorder.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.starts_with("recording ") {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the recorder did not start recording within 30 s: {log}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = recorder.wait().unwrap();
+                panic!("the recorder exited ({status}) before recording: {log}")
+            }
+        }
+    }
     // Drops to a closed port while the recorder runs.
-    std::thread::sleep(Duration::from_millis(1500));
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -39,9 +73,10 @@ fn recorded_drops_replay_offline_without_root() {
         let _ = sender.send_to(b"replay-me", ("127.0.0.1", port));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = recorder.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
+    let status = recorder.wait().unwrap();
+    reader.join().unwrap();
+    log.extend(lines.try_iter().map(|line| line + "\n"));
+    assert!(status.success(), "{log}");
     assert!(log.contains("batches to"), "{log}");
 
     // Replay as root.

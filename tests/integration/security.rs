@@ -5,6 +5,9 @@ use std::process::Command;
 
 use kpulse_integration_tests::{Agent, http, plugin_wasm};
 
+/// All addresses, port 0: these tests reach the agent from a non-loopback address.
+const ANY_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// A local address that is not loopback: the source address of the default route, or a
 /// dummy interface the test creates (as root) when the machine has none.
 fn non_loopback_ip() -> IpAddr {
@@ -32,7 +35,7 @@ fn non_loopback_ip() -> IpAddr {
 
 #[test]
 fn mutating_endpoints_are_loopback_only_by_default() {
-    let agent = Agent::start("sec", &[plugin_wasm("loadavg")], "");
+    let agent = Agent::start_on(ANY_ADDRESS, "sec", &[plugin_wasm("loadavg")], "");
     agent.wait_state("loadavg", "running", std::time::Duration::from_secs(10));
     let outside = SocketAddr::new(non_loopback_ip(), agent.addr.port());
     // Reads are open.
@@ -52,7 +55,8 @@ fn mutating_endpoints_are_loopback_only_by_default() {
 
 #[test]
 fn bearer_token_opens_mutating_endpoints() {
-    let agent = Agent::start(
+    let agent = Agent::start_on(
+        ANY_ADDRESS,
         "token",
         &[plugin_wasm("loadavg")],
         "[http]\nbearer_token = \"s3cret\"\n",

@@ -1,5 +1,6 @@
-//! Test harness: starts the real `kpulse` binary on a free port with a private plugin and
-//! data directory, and talks to it over real HTTP.
+//! Test harness: starts the real `kpulse` binary with a private plugin and data directory,
+//! listening on port 0 (the kernel picks a free port; the harness reads the bound address from
+//! the agent's log, so no port is probed and handed over), and talks to it over real HTTP.
 //!
 //! Prerequisites (done by `scripts/test.sh`): `target/release/kpulse` and the components in
 //! `target/plugins` and `target/test-guests` are built.
@@ -9,8 +10,9 @@
     reason = "test harness: a failed setup step should panic"
 )]
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,13 +55,98 @@ pub fn scratch_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// A free TCP port on loopback.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Where the harness starts agents by default: loopback, port 0.
+pub const LOOPBACK_ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// The TCP ports process `pid` listens on (its sockets in LISTEN state, from `/proc`): how a
+/// test learns the port of a server it started on port 0 that does not report it.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+                ports.extend(port);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Waits until the child process listens on a TCP port and returns it; panics with
+/// `explain()` if the child exits first.
+pub fn wait_listening(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    explain: impl Fn() -> String,
+) -> u16 {
+    let pid = child.id();
+    wait_for(timeout, &format!("{what} to listen"), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}: {}", explain());
+        }
+        listening_ports(pid).first().copied()
+    })
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`), which the agent's log has.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                // Parameters up to the final byte (0x40..=0x7e).
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The address the agent's HTTP API is bound to, from its log line
+/// `HTTP API listening addr=<address>` (complete lines only: the line may be half-written).
+pub fn logged_listen_addr(log: &str) -> Option<SocketAddr> {
+    let log = strip_ansi(log);
+    let complete = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .filter(|line| line.contains("HTTP API listening"))
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix("addr="))
+                .and_then(|addr| addr.parse().ok())
+        })
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.
@@ -159,37 +246,50 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent with `plugins` (paths of components, copied in as `<stem>.wasm`, with
-    /// `hot-v1`/`hot-v2` copied as `hot.wasm`) and extra config TOML.
+    /// `hot-v1`/`hot-v2` copied as `hot.wasm`) and extra config TOML, listening on loopback.
     pub fn start(label: &str, plugins: &[PathBuf], extra_config: &str) -> Agent {
+        Agent::start_on(LOOPBACK_ANY_PORT, label, plugins, extra_config)
+    }
+
+    /// [`Agent::start`] with the API on `listen` (`--listen`; port 0 picks a free port).
+    pub fn start_on(
+        listen: SocketAddr,
+        label: &str,
+        plugins: &[PathBuf],
+        extra_config: &str,
+    ) -> Agent {
         let dir = scratch_dir(label);
         let plugin_dir = dir.join("plugins");
         std::fs::create_dir_all(&plugin_dir).unwrap();
         for plugin in plugins {
             install(&plugin_dir, plugin);
         }
-        Agent::start_in(dir, extra_config)
+        Agent::start_in_on(listen, dir, extra_config)
     }
 
-    /// Starts an agent on an existing directory layout (for restarts).
+    /// Starts an agent on an existing directory layout (for restarts), listening on loopback.
     pub fn start_in(dir: PathBuf, extra_config: &str) -> Agent {
-        let port = free_port();
+        Agent::start_in_on(LOOPBACK_ANY_PORT, dir, extra_config)
+    }
+
+    /// [`Agent::start_in`] with the API on `listen`. With port 0 the kernel picks a free port
+    /// and the harness learns it from the agent's log; `addr` is where to connect (loopback
+    /// when `listen` is the unspecified address).
+    pub fn start_in_on(listen: SocketAddr, dir: PathBuf, extra_config: &str) -> Agent {
         let plugin_dir = dir.join("plugins");
         let data_dir = dir.join("data");
         let config_path = dir.join("kpulse.toml");
-        let listen = format!("listen = \"0.0.0.0:{port}\"\n");
-        let extra = if extra_config.contains("[http]\n") {
-            extra_config.replace("[http]\n", &format!("[http]\n{listen}"))
-        } else {
-            format!("{extra_config}\n[http]\n{listen}")
-        };
         let config = format!(
-            "plugin_dir = {plugin_dir:?}\ndata_dir = {data_dir:?}\nregion = \"test\"\n{extra}"
+            "plugin_dir = {plugin_dir:?}\ndata_dir = {data_dir:?}\nregion = \"test\"\n{extra_config}"
         );
         std::fs::write(&config_path, config).unwrap();
+        // Truncated, so that a restart does not read the previous run's address.
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let child = Command::new(kpulse_bin())
             .args(["run", "--config"])
             .arg(&config_path)
+            .arg("--listen")
+            .arg(listen.to_string())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -197,13 +297,30 @@ impl Agent {
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", kpulse_bin().display()));
         let mut agent = Agent {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: listen,
             dir,
             plugin_dir,
             data_dir,
             config_path,
         };
-        let addr = agent.addr;
+        let bound = wait_for(
+            Duration::from_secs(60),
+            "the agent to log its listen address",
+            || {
+                if let Ok(Some(status)) = agent.child.try_wait() {
+                    return Some(Err(status));
+                }
+                logged_listen_addr(&agent.log()).map(Ok)
+            },
+        );
+        let mut addr = match bound {
+            Ok(addr) => addr,
+            Err(status) => panic!("agent exited with {status}: {}", agent.log()),
+        };
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        agent.addr = addr;
         let ready = wait_for(Duration::from_secs(60), "the agent to be ready", || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Some(Err(status));
