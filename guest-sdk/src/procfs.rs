@@ -414,17 +414,21 @@ pub fn parse_netstat(text: &str) -> (Vec<NetstatSection>, u64) {
     (sections, skipped)
 }
 
+/// One line of `/proc/net/sockstat`: the label (`sockets`, `TCP`, ...) and its `key value`
+/// pairs in file order.
+pub type SockstatLine = (String, Vec<(String, u64)>);
+
 /// Parses `/proc/net/sockstat` (and `sockstat6`): lines `LABEL: key value key value ...`,
 /// e.g. `sockets: used 120`, `TCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1`. Returns the label
 /// with its pairs; a line without `:` or with an odd or non-numeric pair is skipped and
 /// counted.
-pub fn parse_sockstat(text: &str) -> (Vec<(String, Vec<(String, u64)>)>, u64) {
+pub fn parse_sockstat(text: &str) -> (Vec<SockstatLine>, u64) {
     let mut skipped = 0;
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let parsed = line.split_once(':').and_then(|(label, rest)| {
             let parts: Vec<&str> = rest.split_whitespace().collect();
-            if label.trim().is_empty() || parts.len() % 2 != 0 {
+            if label.trim().is_empty() || !parts.len().is_multiple_of(2) {
                 return None;
             }
             let pairs = parts

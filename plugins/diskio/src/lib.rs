@@ -99,12 +99,11 @@ impl Diskio {
         let (disks, skipped) = procfs::parse_diskstats(diskstats);
         self.malformed += skipped;
         let mut out: Vec<Metric> = disks.iter().flat_map(device_metrics).collect();
-        if let Some(now) = cpu {
-            if let Some(prev) = self.last_cpu.replace(now) {
-                if let Some(pct) = iowait_percent(&prev, &now) {
-                    self.iowait_percent = Some(pct);
-                }
-            }
+        if let Some(now) = cpu
+            && let Some(prev) = self.last_cpu.replace(now)
+            && let Some(pct) = iowait_percent(&prev, &now)
+        {
+            self.iowait_percent = Some(pct);
         }
         if let Some(pct) = self.iowait_percent {
             out.push(metric::gauge(
