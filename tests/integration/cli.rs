@@ -119,3 +119,17 @@ fn report_without_bpf() -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     report["bpf_objects"].clone()
 }
+
+#[test]
+fn the_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // The harness sends the agent's stderr to a file, like `scripts/run.sh > file` or a
+    // service manager would.
+    let agent = kpulse_integration_tests::Agent::start("plain-log", &[plugin_wasm("loadavg")], "");
+    agent.wait_state("loadavg", "running", std::time::Duration::from_secs(20));
+    let log = agent.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a log file: {log:?}"
+    );
+}

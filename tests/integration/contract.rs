@@ -24,7 +24,11 @@ fn a_component_built_for_another_contract_version_is_refused_naming_both() {
     // A real plugin whose imports claim a future contract: the component's import names
     // carry the package version, so this is exactly what an SDK for 0.2.0 would produce.
     let original = std::fs::read(plugin_wasm("loadavg")).unwrap();
-    let future = patch(&original, b"kpulse:plugin/fs@0.1.0", b"kpulse:plugin/fs@0.9.0");
+    let future = patch(
+        &original,
+        b"kpulse:plugin/fs@0.1.0",
+        b"kpulse:plugin/fs@0.9.0",
+    );
     let dir = scratch_dir("contract-version");
     let file = dir.join("future.wasm");
     std::fs::write(&file, future).unwrap();
@@ -49,7 +53,11 @@ fn a_component_built_for_another_contract_version_is_refused_naming_both() {
         .arg(plugin_wasm("loadavg"))
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[test]
@@ -76,7 +84,5 @@ fn a_forged_resource_handle_traps_the_guest_instead_of_getting_an_answer() {
     );
     // The rest of the agent is unaffected.
     agent.wait_state("loadavg", "running", std::time::Duration::from_secs(10));
-    assert!(
-        kpulse_integration_tests::sample(&agent.metrics(), "kpulse_loadavg_load1{").is_some()
-    );
+    assert!(kpulse_integration_tests::sample(&agent.metrics(), "kpulse_loadavg_load1{").is_some());
 }

@@ -61,3 +61,106 @@ fn udp_to_closed_port_gives_no_socket_drops() {
     .unwrap();
     assert!(drops >= 5.0, "{drops}");
 }
+
+/// Pins the calling thread to `cpus` (children it spawns inherit the mask).
+fn pin_thread(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    #[allow(unsafe_code, reason = "sched_setaffinity has no std wrapper")]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The in-kernel rate limit is a per-CPU token bucket of `max_events_per_second / CPUs`:
+/// the CPU count must be the kernel's possible CPUs, not what the agent may run on. Started
+/// on one CPU of two (as in a CPU-limited container), an agent that divided by its own
+/// parallelism gave every CPU the whole budget and kept twice the events.
+#[test]
+fn rate_limit_holds_when_the_agent_may_run_on_fewer_cpus_than_the_kernel_has() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs at least 2 CPUs, this machine has {cpus}");
+        return;
+    }
+    let _serial = kpulse_integration_tests::kfree_skb_lock();
+    const RATE: u64 = 20;
+    let config = format!(
+        "[plugins.dropwatch]\nmax_events_per_second = {RATE}\nignore_not_specified = false\n"
+    );
+    // The agent inherits this thread's CPU mask: it may only run on CPU 0.
+    let agent = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_thread(&[0]);
+                Agent::start("dropwatch-ratelimit", &[plugin_wasm("dropwatch")], &config)
+            })
+            .join()
+            .unwrap()
+    });
+    agent.wait_state("dropwatch", "running", Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Drops on every CPU, far above the budget, for a few seconds.
+    let load = Duration::from_secs(4);
+    std::thread::scope(|scope| {
+        for cpu in 0..cpus {
+            scope.spawn(move || {
+                pin_thread(&[cpu]);
+                let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let until = std::time::Instant::now() + load;
+                while std::time::Instant::now() < until {
+                    for _ in 0..50 {
+                        let _ = sender.send_to(b"kpulse", ("127.0.0.1", port));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+    });
+    // Let the last records reach the store.
+    let saved = wait_for(Duration::from_secs(10), "drop events stored", || {
+        let metrics = agent.metrics();
+        let saved = sample_with(
+            &metrics,
+            "kpulse_plugin_documents_saved_total",
+            "plugin=\"dropwatch\"",
+        )?;
+        let limited = sample_with(
+            &metrics,
+            "kpulse_plugin_bpf_rate_limited_total",
+            "plugin=\"dropwatch\"",
+        )?;
+        (saved > 0.0 && limited > 0.0).then_some(saved)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let saved = sample_with(
+        &agent.metrics(),
+        "kpulse_plugin_documents_saved_total",
+        "plugin=\"dropwatch\"",
+    )
+    .unwrap_or(saved);
+    let elapsed = started.elapsed().as_secs_f64();
+    // Budget over the whole window, plus one full bucket per CPU at the start.
+    let budget = RATE as f64 * (elapsed + 1.0);
+    assert!(
+        saved <= budget,
+        "{saved} events kept in {elapsed:.1} s with a budget of {RATE}/s (at most {budget:.0})"
+    );
+    assert!(
+        saved >= RATE as f64,
+        "{saved} events: the load did not reach the limit"
+    );
+}
