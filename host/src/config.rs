@@ -1,13 +1,35 @@
 //! Agent configuration: a strict TOML file whose every key is documented in
 //! `kpulse.example.toml`. Unknown keys and bad values are errors that name the key and line.
+//!
+//! Values are checked by their types while the file is read ([`types`]: ranges, secrets,
+//! names, paths), so `toml` reports them with their span; [`Config::parse`] turns the span
+//! into the line, column and dotted key. Only combinations of keys are checked afterwards,
+//! and those errors are located by looking the key up in the text.
+
+pub mod span;
+pub mod types;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-pub use crate::sinks::opensearch::config::OpenSearchConfig;
+pub use self::span::Location;
+pub use self::types::Secret;
+use self::types::{
+    Bounded, DeadlineMs, MemoryMib, MetricPrefix, PathPrefix, Positive, PositiveU32, SizeKib,
+    SizeMib,
+};
+pub use crate::sinks::opensearch::config::{Auth as OpenSearchAuth, OpenSearchConfig};
+
+/// Upper bound of the plugin restart back-off: 0 to one day, in seconds.
+type BackoffSecs = Bounded<0, 86_400>;
+/// Reload debounce: 0 to one minute, in milliseconds.
+type DebounceMs = Bounded<0, 60_000>;
+/// Documents queued for the store's writer: the channel allocates its slots up front.
+type QueueCapacity = Bounded<1, 1_048_576>;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -18,15 +40,40 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The `toml` error text already carries the line, column and offending key.
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid config file {path}: {key}: {message}")]
+    /// Not TOML, an unknown key, a bad value or a bad combination of values. Reads
+    /// `invalid config file <path>, line <n>, column <m>: <key>: <message>`; the source line
+    /// is not quoted, as it may hold a secret.
+    #[error("invalid config file {}{}: {}{message}", .path.display(), At(*.at), Key(.key.as_deref()))]
     Invalid {
         path: PathBuf,
-        key: String,
+        /// Where the offending key or value is, when the error has a place in the file.
+        at: Option<Location>,
+        /// The dotted key (`storage.queue_capacity`, `policy.allow_read[1]`), when known.
+        key: Option<String>,
         message: String,
     },
+}
+
+struct At(Option<Location>);
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(at) => write!(f, ", line {}, column {}", at.line, at.column),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Key<'a>(Option<&'a str>);
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(key) => write!(f, "{key}: "),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The whole agent configuration.
@@ -47,7 +94,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub policy: PolicyConfig,
     /// Per-plugin tables, passed to the plugin's `init` as a JSON object. The keys
-    /// `deadline_ms` and `memory_mib` are read by the host too.
+    /// `deadline_ms` and `memory_mib` are read (and checked) by the host too.
+    #[serde(deserialize_with = "plugin_tables")]
     pub plugins: BTreeMap<String, toml::Table>,
 }
 
@@ -76,7 +124,7 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// When set, mutating endpoints accept any client that sends `Authorization: Bearer
     /// <token>`. When unset they answer loopback clients only.
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<Secret>,
 }
 
 impl Default for HttpConfig {
@@ -93,11 +141,13 @@ impl Default for HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Prefix of every metric name. `huatuo_bamai` reproduces HUATUO's names.
+    #[serde(deserialize_with = "MetricPrefix::field")]
     pub prefix: String,
     /// Add `host` and `region` labels to plugin metrics, as HUATUO does (its dashboards
     /// filter on them).
     pub host_labels: bool,
     /// Series a plugin may return per scrape; the excess is dropped and counted.
+    #[serde(deserialize_with = "Positive::field")]
     pub max_series_per_plugin: usize,
 }
 
@@ -116,15 +166,22 @@ impl Default for MetricsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Default deadline of one guest call, in milliseconds (`[plugins.<name>] deadline_ms`
-    /// overrides it per plugin).
+    /// overrides it per plugin). 1 to 600000.
+    #[serde(deserialize_with = "DeadlineMs::field")]
     pub deadline_ms: u64,
     /// Default linear-memory cap per plugin instance, in MiB (`memory_mib` per plugin).
+    /// 1 to 4096.
+    #[serde(deserialize_with = "MemoryMib::field")]
     pub memory_mib: u64,
     /// Consecutive failures after which a plugin is quarantined until started by hand.
+    #[serde(deserialize_with = "PositiveU32::field")]
     pub quarantine_after: u32,
-    /// Upper bound of the exponential restart back-off, in seconds.
+    /// Upper bound of the exponential restart back-off, in seconds (at most a day).
+    #[serde(deserialize_with = "BackoffSecs::field")]
     pub max_backoff_secs: u64,
-    /// Quiet period after the last change to a plugin file before it is (re)loaded.
+    /// Quiet period after the last change to a plugin file before it is (re)loaded, in
+    /// milliseconds (at most a minute).
+    #[serde(deserialize_with = "DebounceMs::field")]
     pub reload_debounce_ms: u64,
     /// Cache compiled plugins on disk under `<data_dir>/cache`.
     pub compile_cache: bool,
@@ -150,12 +207,15 @@ pub struct StorageConfig {
     /// Keep the local NDJSON store (`<data_dir>/events/<tracer>.ndjson`).
     pub local: bool,
     /// Rotate a tracer's file at this size, in MiB.
+    #[serde(deserialize_with = "SizeMib::field")]
     pub rotation_size_mib: u64,
     /// Rotated files kept per tracer.
     pub max_rotated_files: u32,
     /// Documents queued for writing before `storage.save` starts dropping (and counting).
+    #[serde(deserialize_with = "QueueCapacity::field")]
     pub queue_capacity: usize,
     /// Largest accepted `tracer_data`, in KiB.
+    #[serde(deserialize_with = "SizeKib::field")]
     pub max_document_kib: usize,
     /// `[storage.opensearch]`: also bulk-index every document into OpenSearch or
     /// Elasticsearch (see `docs/opensearch.md`).
@@ -180,8 +240,10 @@ impl Default for StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Path prefixes any plugin may read when it declares them.
+    #[serde(deserialize_with = "PathPrefix::list")]
     pub allow_read: Vec<String>,
     /// Extra prefixes that are denied even when declared and allowed.
+    #[serde(deserialize_with = "PathPrefix::list")]
     pub deny_read: Vec<String>,
     /// Mount point of the cgroup filesystem (v1 hierarchy root or v2 mount).
     pub cgroup_root: PathBuf,
@@ -236,104 +298,41 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: err.to_string().trim_end().to_owned(),
+        let mut config: Config = toml::from_str(text).map_err(|err| {
+            let offset = err.span().map(|span| span.start);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                at: offset.map(|offset| Location::of(text, offset)),
+                key: offset.and_then(|offset| span::key_at(text, offset)),
+                // Without a span the text is the message plus "in `key`".
+                message: match offset {
+                    Some(_) => err.message().trim_end().to_owned(),
+                    None => err.to_string().trim_end().replace('\n', " "),
+                },
+            }
         })?;
-        config.validate(path)?;
+        config.check_combinations(text, path)?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        if !is_metric_name(&self.metrics.prefix) {
-            return Err(invalid(
-                "metrics.prefix",
-                format!(
-                    "{:?} is not a valid Prometheus name prefix",
-                    self.metrics.prefix
-                ),
-            ));
-        }
-        if self.runtime.deadline_ms == 0 {
-            return Err(invalid(
-                "runtime.deadline_ms",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.runtime.memory_mib == 0 || self.runtime.memory_mib > 4096 {
-            return Err(invalid(
-                "runtime.memory_mib",
-                "must be between 1 and 4096".to_owned(),
-            ));
-        }
-        if self.runtime.quarantine_after == 0 {
-            return Err(invalid(
-                "runtime.quarantine_after",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.storage.rotation_size_mib == 0 {
-            return Err(invalid(
-                "storage.rotation_size_mib",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.storage.queue_capacity == 0 {
-            return Err(invalid(
-                "storage.queue_capacity",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        for (key, prefixes) in [
-            ("policy.allow_read", &self.policy.allow_read),
-            ("policy.deny_read", &self.policy.deny_read),
-        ] {
-            for prefix in prefixes {
-                if !prefix.starts_with('/') || prefix.split('/').any(|part| part == "..") {
-                    return Err(invalid(
-                        key,
-                        format!("{prefix:?} must be an absolute path without '..'"),
-                    ));
-                }
-            }
-        }
-        if self.metrics.max_series_per_plugin == 0 {
-            return Err(invalid(
-                "metrics.max_series_per_plugin",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if self.storage.max_document_kib == 0 {
-            return Err(invalid(
-                "storage.max_document_kib",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if let Some(opensearch) = &self.storage.opensearch
-            && let Err((key, message)) = opensearch.validate()
-        {
-            return Err(invalid(&format!("storage.opensearch.{key}"), message));
-        }
-        for (name, table) in &self.plugins {
-            for (key, parse) in [("deadline_ms", 1..=600_000), ("memory_mib", 1..=4096)] {
-                if let Some(value) = table.get(key) {
-                    let ok = value.as_integer().is_some_and(|v| parse.contains(&v));
-                    if !ok {
-                        return Err(invalid(
-                            &format!("plugins.{name}.{key}"),
-                            format!(
-                                "must be an integer between {} and {}",
-                                parse.start(),
-                                parse.end()
-                            ),
-                        ));
-                    }
-                }
+    /// What no single type can check: combinations of keys.
+    fn check_combinations(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        if let Some(opensearch) = &mut self.storage.opensearch {
+            opensearch
+                .validate()
+                .map_err(|(key, message)| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    at: span::find_key(text, &["storage", "opensearch", key]),
+                    key: Some(format!("storage.opensearch.{key}")),
+                    message,
+                })?;
+            let deprecated = opensearch.migrate_deprecated_auth();
+            if !deprecated.is_empty() {
+                tracing::warn!(
+                    config = %path.display(),
+                    keys = ?deprecated,
+                    "storage.opensearch: deprecated authentication keys; write [storage.opensearch.auth] with type = \"basic\" (username, password), \"api_key\" (key) or \"bearer\" (token)"
+                );
             }
         }
         Ok(())
@@ -370,6 +369,58 @@ impl Config {
     }
 }
 
+/// `[plugins.<name>]` tables: free-form for the plugin, but the host's keys are checked as
+/// they are read, so a bad one is reported with its line.
+fn plugin_tables<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, toml::Table>, D::Error> {
+    let tables = BTreeMap::<String, PluginTable>::deserialize(deserializer)?;
+    Ok(tables
+        .into_iter()
+        .map(|(name, table)| (name, table.0))
+        .collect())
+}
+
+struct PluginTable(toml::Table);
+
+impl<'de> Deserialize<'de> for PluginTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PluginTable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of plugin settings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginTable, A::Error> {
+                let mut table = toml::Table::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let host = match key.as_str() {
+                        "deadline_ms" => Some(map.next_value::<DeadlineMs>()?.get()),
+                        "memory_mib" => Some(map.next_value::<MemoryMib>()?.get()),
+                        _ => None,
+                    };
+                    let value = match host {
+                        Some(value) => {
+                            toml::Value::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+                        }
+                        None => map.next_value::<toml::Value>()?,
+                    };
+                    table.insert(key, value);
+                }
+                Ok(PluginTable(table))
+            }
+        }
+
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*` without colons, which are reserved for recording rules.
 pub fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -385,6 +436,12 @@ mod tests {
         Config::parse(text, Path::new("test.toml"))
     }
 
+    fn error(text: &str) -> String {
+        parse(text)
+            .map(|config| format!("unexpectedly valid: {config:?}"))
+            .unwrap_or_else(|err| err.to_string())
+    }
+
     #[test]
     fn empty_config_gives_defaults() {
         let config = parse("").expect("empty config is valid");
@@ -394,20 +451,97 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_names_key_and_line() {
-        let err = parse("region = \"x\"\n[http]\nlisten_addr = \"1.2.3.4:5\"\n")
-            .expect_err("unknown key must fail")
-            .to_string();
-        assert!(err.contains("listen_addr"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
+    fn example_config_is_valid_and_holds_the_defaults() {
+        let config = Config::parse(
+            include_str!("../../kpulse.example.toml"),
+            Path::new("kpulse.example.toml"),
+        )
+        .expect("kpulse.example.toml is valid");
+        let defaults = Config::default();
+        assert_eq!(
+            format!("{:?}", config.runtime),
+            format!("{:?}", defaults.runtime)
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                config
+                    .storage
+                    .opensearch
+                    .map(|o| OpenSearchConfig { enabled: true, ..o })
+            ),
+            format!("{:?}", Some(OpenSearchConfig::default()))
+        );
     }
 
     #[test]
-    fn bad_value_is_named() {
-        let err = parse("[plugins.loadavg]\ndeadline_ms = 0\n")
-            .expect_err("zero deadline must fail")
-            .to_string();
+    fn unknown_key_names_key_and_line() {
+        let err = error("region = \"x\"\n[http]\nlisten_addr = \"1.2.3.4:5\"\n");
+        assert!(err.contains("http.listen_addr"), "{err}");
+        assert!(err.contains("line 3, column 1"), "{err}");
+        assert!(
+            err.starts_with("invalid config file test.toml, line 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let err = error("region = \"x\"\n\n[storage]\nlocal = true\nqueue_capacity = 0\n");
+        assert_eq!(
+            err,
+            "invalid config file test.toml, line 5, column 18: storage.queue_capacity: \
+             must be between 1 and 1048576, got 0"
+        );
+        let err = error("[storage]\nqueue_capacity = -5\n");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("storage.queue_capacity"), "{err}");
+        assert!(err.contains("got -5"), "{err}");
+        let err = error("[runtime]\n# comment\nmemory_mib = 5000\n");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("runtime.memory_mib"), "{err}");
+        assert!(err.contains("between 1 and 4096, got 5000"), "{err}");
+        let err = error("[runtime]\ndeadline_ms = \"fast\"\n");
+        assert!(
+            err.contains("line 2") && err.contains("runtime.deadline_ms"),
+            "{err}"
+        );
+        let err = error("[metrics]\n\nprefix = \"bad-prefix\"\n");
+        assert!(
+            err.contains("line 3") && err.contains("metrics.prefix"),
+            "{err}"
+        );
+        let err = error("[policy]\nallow_read = [\"/proc\",\n  \"sys\"]\n");
+        assert!(
+            err.contains("line 3") && err.contains("policy.allow_read[1]"),
+            "{err}"
+        );
+        let err = error("[runtime]\nquarantine_after = 0\n");
+        assert!(
+            err.contains("runtime.quarantine_after: must be at least 1, got 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plugin_host_keys_name_key_and_line() {
+        let err = error("[plugins.loadavg]\nthreshold = 1\ndeadline_ms = 0\n");
         assert!(err.contains("plugins.loadavg.deadline_ms"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = error("[plugins.loadavg]\nmemory_mib = -1\n");
+        assert!(err.contains("plugins.loadavg.memory_mib"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let config = parse("[plugins.loadavg]\ndeadline_ms = 500\nmemory_mib = 16\nx = \"y\"\n")
+            .expect("valid");
+        assert_eq!(config.deadline_ms("loadavg"), 500);
+        assert_eq!(config.memory_bytes("loadavg"), 16 << 20);
+        assert_eq!(config.deadline_ms("other"), 1000);
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let err = error("region = \"x\"\n[http\n");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
@@ -418,14 +552,158 @@ mod tests {
         .expect("valid");
         let opensearch = config.storage.opensearch.expect("table present");
         assert_eq!(opensearch.index, "huatuo_bamai");
-        let err = parse("[storage.opensearch]\nconcurrency = 0\n")
-            .expect_err("zero concurrency")
-            .to_string();
+        let err = error("[storage.opensearch]\nconcurrency = 0\n");
         assert!(err.contains("storage.opensearch.concurrency"), "{err}");
-        let err = parse("[storage.opensearch]\nadress = []\n")
+        assert!(err.contains("line 2"), "{err}");
+        let err = error("[storage.opensearch]\nconcurrency = 65\n");
+        assert!(err.contains("between 1 and 64, got 65"), "{err}");
+        let err = error("[storage.opensearch]\nadress = []\n");
+        assert!(err.contains("adress"), "{err}");
+        let err = error("[storage.opensearch]\naddresses = []\n");
+        assert!(
+            err.contains("storage.opensearch.addresses: must list at least one URL"),
+            "{err}"
+        );
+        let err = error("[storage.opensearch]\naddresses = [\"localhost:9200\"]\n");
+        assert!(err.contains("storage.opensearch.addresses[0]"), "{err}");
+        let err = error("[storage.opensearch]\nindex = \"Kpulse\"\n");
+        assert!(
+            err.contains("line 2") && err.contains("storage.opensearch.index"),
+            "{err}"
+        );
+        // Combinations are located by their key, or by the table when the key is a default.
+        let err = error("[storage.opensearch]\nbackoff_initial_ms = 500\nbackoff_max_ms = 100\n");
+        assert!(
+            err.contains("line 3") && err.contains("storage.opensearch.backoff_max_ms"),
+            "{err}"
+        );
+        let err = error("[storage]\n\n[storage.opensearch]\nbackoff_initial_ms = 60000\n");
+        assert!(
+            err.contains("line 3") && err.contains("storage.opensearch.backoff_max_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn opensearch_auth_is_a_tagged_table() {
+        let auth = |text: &str| {
+            parse(&format!("[storage.opensearch]\nindex = \"x\"\n{text}"))
+                .map(|config| config.storage.opensearch.expect("table").auth)
+        };
+        assert_eq!(auth("").expect("no auth"), None);
+        let basic = auth(
+            "[storage.opensearch.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .expect("basic");
+        assert!(
+            matches!(&basic, Some(OpenSearchAuth::Basic { username, password }) if username == "u" && password.expose() == "p"),
+            "{basic:?}"
+        );
+        let key = auth("auth = { type = \"api_key\", key = \"k\" }\n").expect("api key");
+        assert!(matches!(&key, Some(OpenSearchAuth::ApiKey { key }) if key.expose() == "k"));
+        let token = auth("auth.type = \"bearer\"\nauth.token = \"t\"\n").expect("bearer");
+        assert!(matches!(&token, Some(OpenSearchAuth::Bearer { token }) if token.expose() == "t"));
+
+        let err = auth(
+            "\n[storage.opensearch.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"\"\n",
+        )
+        .expect_err("empty password")
+        .to_string();
+        assert!(
+            err.contains("line 7")
+                && err.contains("storage.opensearch.auth.password: must not be empty"),
+            "{err}"
+        );
+        let err = auth("[storage.opensearch.auth]\ntype = \"basic\"\nusername = \"u\"\n")
+            .expect_err("no password")
+            .to_string();
+        assert!(
+            err.contains("line 3")
+                && err.contains("storage.opensearch.auth: type = \"basic\" needs `password`"),
+            "{err}"
+        );
+        let err = auth("auth = { type = \"bearer\", token = \"t\", key = \"k\" }\n")
+            .expect_err("foreign key")
+            .to_string();
+        assert!(
+            err.contains("`key` does not apply to type = \"bearer\""),
+            "{err}"
+        );
+        let err = auth("auth = { type = \"kerberos\" }\n")
+            .expect_err("unknown type")
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("storage.opensearch.auth.type"),
+            "{err}"
+        );
+        let err = auth("auth = { type = \"bearer\", token = \"t\", tokn = \"k\" }\n")
             .expect_err("unknown key")
             .to_string();
-        assert!(err.contains("adress"), "{err}");
+        assert!(err.contains("tokn"), "{err}");
+    }
+
+    #[test]
+    fn deprecated_opensearch_auth_keys_become_auth() {
+        let os = |text: &str| {
+            parse(&format!("[storage.opensearch]\n{text}"))
+                .map(|config| config.storage.opensearch.expect("table"))
+        };
+        let config = os("username = \"u\"\npassword = \"p\"\n").expect("legacy basic");
+        assert!(
+            matches!(&config.auth, Some(OpenSearchAuth::Basic { username, .. }) if username == "u")
+        );
+        assert!(config.username.is_none() && config.password.is_none());
+        let config = os("api_key = \"k\"\n").expect("legacy api key");
+        assert!(matches!(&config.auth, Some(OpenSearchAuth::ApiKey { .. })));
+        let config = os("bearer_token = \"t\"\n").expect("legacy bearer");
+        assert!(matches!(&config.auth, Some(OpenSearchAuth::Bearer { .. })));
+
+        let err = os("username = \"u\"\n").expect_err("half").to_string();
+        assert!(
+            err.contains("line 2") && err.contains("storage.opensearch.username"),
+            "{err}"
+        );
+        let err = os("api_key = \"k\"\nauth = { type = \"bearer\", token = \"t\" }\n")
+            .expect_err("two schemes")
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("storage.opensearch.api_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let text = "[http]\nbearer_token = \"http-token-1\"\n\
+                    [storage.opensearch]\nauth = { type = \"basic\", username = \"kpulse\", password = \"os-password-2\" }\n\
+                    [plugins.x]\ny = 1\n";
+        let config = parse(text).expect("valid");
+        let debug = format!("{config:?} {config:#?}");
+        for secret in ["http-token-1", "os-password-2"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+        assert!(debug.contains("<redacted>"), "{debug}");
+        assert!(
+            debug.contains("kpulse"),
+            "user names are not secret: {debug}"
+        );
+        for text in [
+            "[storage.opensearch]\napi_key = \"os-key-3\"\n",
+            "[storage.opensearch]\nauth = { type = \"bearer\", token = \"os-token-4\" }\n",
+            "[storage.opensearch]\nusername = \"u\"\npassword = \"os-password-5\"\n",
+        ] {
+            let config = parse(text).expect("valid");
+            let debug = format!("{config:?}");
+            assert!(!debug.contains("os-"), "{debug}");
+        }
+        // Nor do errors quote the line holding one.
+        let err = error("[http]\nbearer_tokn = \"http-token-6\"\n");
+        assert!(!err.contains("http-token-6"), "{err}");
+        let err = error("[http]\nbearer_token = \"\"\n");
+        assert!(
+            err.contains("http.bearer_token: must not be empty"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct AppState {
     /// The OpenSearch sink, when configured (`GET /events?source=opensearch`).
     pub opensearch: Option<Arc<crate::sinks::opensearch::OpenSearchSink>>,
     pub exposition: Exposition,
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<crate::config::Secret>,
     /// Set once the initial plugin scan is done.
     pub ready: AtomicBool,
 }
@@ -239,7 +239,7 @@ pub fn routes(
 fn authorized(state: &AppState, remote: Option<SocketAddr>, auth: Option<&str>) -> bool {
     if let Some(token) = &state.bearer_token {
         let presented = auth.and_then(|a| a.strip_prefix("Bearer "));
-        if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes())) {
             return true;
         }
     }

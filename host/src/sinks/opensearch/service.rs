@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::config::{IndexMode, OpenSearchConfig};
+use super::config::{Auth as ConfigAuth, IndexMode, OpenSearchConfig};
 
 /// A failed exchange with the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ fn describe(err: &reqwest::Error) -> String {
 
 fn hint(status: u16) -> &'static str {
     match status {
-        401 => " (authentication failed: check username/password, bearer_token or api_key)",
+        401 => " (authentication failed: check storage.opensearch.auth)",
         403 => " (permission denied for this user)",
         429 => " (cluster is rejecting writes: too many requests)",
         _ => "",
@@ -142,16 +142,15 @@ impl Service {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let client = builder.build().map_err(ServiceError::Client)?;
-        let auth = match (
-            &config.username,
-            &config.password,
-            &config.bearer_token,
-            &config.api_key,
-        ) {
-            (Some(user), Some(password), _, _) => Auth::Basic(user.clone(), password.clone()),
-            (_, _, Some(token), _) => Auth::Header(format!("Bearer {token}")),
-            (_, _, _, Some(key)) => Auth::Header(format!("ApiKey {key}")),
-            _ => Auth::None,
+        let auth = match &config.auth {
+            Some(ConfigAuth::Basic { username, password }) => {
+                Auth::Basic(username.clone(), password.expose().to_owned())
+            }
+            Some(ConfigAuth::Bearer { token }) => {
+                Auth::Header(format!("Bearer {}", token.expose()))
+            }
+            Some(ConfigAuth::ApiKey { key }) => Auth::Header(format!("ApiKey {}", key.expose())),
+            None => Auth::None,
         };
         Ok(Self {
             client,
