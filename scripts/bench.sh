@@ -2,7 +2,9 @@
 # Builds everything and runs the benchmarks; the figures go to BENCHMARKS.md by hand.
 #   scripts/bench.sh                 # every section
 #   scripts/bench.sh scrape reload   # some of: scrape reload footprint ringbuf overhead indexing
-# (indexing starts the local OpenSearch node with scripts/opensearch.sh start)
+#                                    # save-latency
+# (indexing and save-latency start the local OpenSearch node with scripts/opensearch.sh start;
+# save-latency measures KPULSE_BENCH_HOSTS="label=path,..." if set, interleaved in one run)
 # Also: cargo bench -p kpulse (per-call overhead of update, against a native reader).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +13,7 @@ ensure_packages prometheus-node-exporter
 ensure_rust
 build_all
 cargo build --release -p kpulse-integration-tests --bin kpulse-bench
-if [ "$#" -eq 0 ] || [[ " $* " == *" indexing "* ]]; then
+if [ "$#" -eq 0 ] || [[ " $* " == *" indexing "* ]] || [[ " $* " == *" save-latency "* ]]; then
     scripts/opensearch.sh start
 fi
 exec target/release/kpulse-bench "$@"

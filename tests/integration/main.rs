@@ -22,5 +22,6 @@ mod metrics_host;
 mod opensearch;
 mod opensearch_secure;
 mod record_replay;
+mod sdk_outside;
 mod security;
 mod store;

@@ -4,7 +4,7 @@
 //! Run with `scripts/bench.sh` (it builds everything first). Sections:
 //! scrape latency, hot-reload latency (cached and cold compile), RSS with 10 plugins, idle CPU,
 //! ring-buffer throughput (wasm path vs a native aya reader), workload overhead of the event
-//! plugins.
+//! plugins, live indexing into OpenSearch, `storage.save` latency with OpenSearch on.
 
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +40,9 @@ fn main() {
     }
     if want("indexing") {
         indexing();
+    }
+    if want("save-latency") {
+        save_latency();
     }
     // Not part of "all": four runs per event plugin.
     if args.iter().any(|a| a == "overhead-each") {
@@ -870,4 +873,165 @@ fn indexing() {
             cpu / 1e3 / indexed
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// storage.save latency as a guest sees it, with the OpenSearch sink on (spool append, and an
+// fsync of the spool every 100 ms while documents arrive). The docgen guest times each call
+// with the host's monotonic clock and exports the quantiles since the previous scrape.
+// KPULSE_BENCH_HOSTS="label=path,label=path" measures several kpulse binaries in the same run
+// (same node, same guest, interleaved); default: the binary under test (KPULSE_BIN).
+
+fn save_latency() {
+    let url =
+        std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned());
+    let seconds = 15;
+    let rounds = 2;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let hosts: Vec<(String, PathBuf)> = match std::env::var("KPULSE_BENCH_HOSTS") {
+        Ok(list) => list
+            .split(',')
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let (label, path) = entry
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("KPULSE_BENCH_HOSTS: {entry:?} is not label=path"));
+                (label.to_owned(), PathBuf::from(path))
+            })
+            .collect(),
+        Err(_) => vec![(
+            "under test".to_owned(),
+            kpulse_integration_tests::kpulse_bin(),
+        )],
+    };
+    println!(
+        "\n## storage.save latency with OpenSearch on ({url}, one node; {seconds} s per row after 3 s warm-up; hosts interleaved, ABBA over {rounds} rounds; then a control row per host without a sink)"
+    );
+    for (label, bin) in &hosts {
+        println!("- {label}: {}", bin.display());
+    }
+    println!(
+        "\n| host | sink | offered docs/s | round | saves timed | p50 | p99 | p99.9 | max | mean | refused |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for docs_per_s in [2000u64, 10000] {
+        let per_tick = docs_per_s / 100;
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            // ABBA order across rounds, so a drift of the machine does not favour one host.
+            let mut order: Vec<&(String, PathBuf)> = hosts.iter().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            runs.extend(order.into_iter().map(|host| (host, true, round + 1)));
+        }
+        runs.extend(hosts.iter().map(|host| (host, false, 1)));
+        for ((label, bin), sink, round) in runs {
+            let index = sink.then(|| {
+                let short: String = label.chars().filter(char::is_ascii_alphanumeric).collect();
+                format!(
+                    "kpulse-bench-save-{stamp}-{docs_per_s}-{round}-{}",
+                    short.to_ascii_lowercase()
+                )
+            });
+            let row = save_latency_run(bin, &url, index.as_deref(), per_tick, seconds);
+            println!(
+                "| {label} | {} | {docs_per_s} | {round} | {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {} |",
+                if sink {
+                    "OpenSearch"
+                } else {
+                    "none (local files)"
+                },
+                row.saves,
+                row.p50_us,
+                row.p99_us,
+                row.p999_us,
+                row.max_us,
+                row.mean_us,
+                row.refused
+            );
+            if let Some(index) = &index {
+                delete_index(&url, index);
+            }
+        }
+    }
+}
+
+struct SaveLatency {
+    saves: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    mean_us: f64,
+    refused: u64,
+}
+
+/// One agent with the docgen guest at `per_tick` documents per 10 ms, with the OpenSearch
+/// sink writing to `index` (none: local files only).
+fn save_latency_run(
+    bin: &Path,
+    url: &str,
+    index: Option<&str>,
+    per_tick: u64,
+    seconds: u64,
+) -> SaveLatency {
+    set_kpulse_bin(bin);
+    let mut config = format!("[plugins.docgen]\nper_tick = {per_tick}\ntick_ms = 10\n");
+    if let Some(index) = index {
+        config.push_str(&format!(
+            "\n[storage.opensearch]\naddresses = [\"{url}\"]\nindex = \"{index}\"\n"
+        ));
+    }
+    let agent = Agent::start("bench-save-latency", &[guest_wasm("docgen")], &config);
+    agent.wait_state("docgen", "running", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    let read = |agent: &Agent| {
+        let m = agent.metrics();
+        move |name: &str| {
+            kpulse_integration_tests::sample(&m, &format!("kpulse_docgen_{name}")).unwrap_or(0.0)
+        }
+    };
+    // This scrape starts the guest's window; the next one reads it.
+    let start = read(&agent);
+    std::thread::sleep(Duration::from_secs(seconds));
+    let end = read(&agent);
+    drop(agent);
+    let calls = |get: &dyn Fn(&str) -> f64| get("saved_total{") + get("refused_total{");
+    let timed = calls(&end) - calls(&start);
+    SaveLatency {
+        saves: end("save_latency_window_saves{") as u64,
+        p50_us: end("save_latency_p50_us{"),
+        p99_us: end("save_latency_p99_us{"),
+        p999_us: end("save_latency_p999_us{"),
+        max_us: end("save_latency_max_us{"),
+        mean_us: (end("save_seconds_total{") - start("save_seconds_total{")) * 1e6 / timed.max(1.0),
+        refused: (end("refused_total{") - start("refused_total{")) as u64,
+    }
+}
+
+/// Points the harness (`Agent::start`, through `KPULSE_BIN`) at `bin`.
+fn set_kpulse_bin(bin: &Path) {
+    // SAFETY: the bench runs its sections one after another on the main thread; no other
+    // thread is alive here to read the environment concurrently.
+    #[allow(unsafe_code, reason = "set_var in edition 2024")]
+    unsafe {
+        std::env::set_var("KPULSE_BIN", bin);
+    }
+}
+
+/// Best-effort removal of a bench run's daily indices and index template, so that runs do not
+/// pile up shards on the node.
+fn delete_index(url: &str, index: &str) {
+    let Some(addr) = url
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|host| std::net::ToSocketAddrs::to_socket_addrs(host).ok()?.next())
+    else {
+        return;
+    };
+    let _ = http(addr, "DELETE", &format!("/{index}-*"), &[]);
+    let _ = http(addr, "DELETE", &format!("/_index_template/{index}"), &[]);
 }
