@@ -6,6 +6,7 @@
 //! a time under a deadline. See `docs/architecture.md`.
 
 pub mod agent;
+pub mod backoff;
 pub mod bpf;
 pub mod build_info;
 pub mod cli;

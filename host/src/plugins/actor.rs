@@ -15,6 +15,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use wasmtime::Store;
 
+use crate::backoff::Backoff;
 use crate::bpf::{Batch, Deliver};
 use crate::host_api::{HostState, Identity, Services};
 use crate::plugins::PluginSpec;
@@ -277,11 +278,11 @@ impl Supervisor {
     }
 }
 
-/// Exponential back-off from the plugin's restart interval: interval × 2^(failures−1).
+/// Exponential back-off from the plugin's restart interval (at least a second):
+/// interval × 2^(failures−1), at most `max`.
 pub fn backoff(interval_secs: u32, failures: u32, max: Duration) -> Duration {
     let base = Duration::from_secs(u64::from(interval_secs.max(1)));
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    base.saturating_mul(factor).min(max)
+    Backoff::new(base, max).delay(failures.saturating_sub(1))
 }
 
 /// Waits for a command (or for `timeout`), answering calls that arrive meanwhile: updates

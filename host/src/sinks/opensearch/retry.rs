@@ -1,6 +1,5 @@
-//! Back-off and classification of bulk outcomes.
-
-use std::time::Duration;
+//! Classification of bulk outcomes: what to do with an item, or a whole request, given its
+//! HTTP status. The back-off itself is [`crate::backoff::Backoff`].
 
 /// What to do with one item (or a whole request) given its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,42 +32,4 @@ pub fn classify(status: u16) -> Class {
 /// configuration or cluster problems, and dead-lettering would lose every document.
 pub fn retry_request(status: u16) -> bool {
     matches!(status, 401 | 403 | 408 | 429 | 500..=599)
-}
-
-/// Jittered exponential back-off ("full jitter" between half and all of the step).
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial_ms: u64,
-    max_ms: u64,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(initial_ms: u64, max_ms: u64) -> Self {
-        Self {
-            initial_ms: initial_ms.max(1),
-            max_ms: max_ms.max(initial_ms.max(1)),
-            attempt: 0,
-        }
-    }
-
-    /// The next delay; grows ×2 per call up to the maximum.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self
-            .initial_ms
-            .saturating_mul(1u64 << self.attempt.min(32))
-            .min(self.max_ms);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = step / 2;
-        Duration::from_millis(half + fastrand::u64(0..=step - half))
-    }
-
-    /// Attempts so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }

@@ -217,16 +217,15 @@ impl Service {
         Ok(bytes.to_vec())
     }
 
-    /// `POST /_bulk` with an NDJSON body; the response keeps only what the sink reads.
-    pub async fn bulk(&self, body: Vec<u8>) -> Result<Value, ServiceError> {
-        let bytes = self
-            .request(
-                reqwest::Method::POST,
-                "/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason",
-                Some((body, "application/x-ndjson")),
-            )
-            .await?;
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    /// `POST /_bulk` with an NDJSON body; returns the response body, trimmed by the cluster
+    /// to what the sink reads (see `bulk::BulkResponse`).
+    pub async fn bulk(&self, body: Vec<u8>) -> Result<Vec<u8>, ServiceError> {
+        self.request(
+            reqwest::Method::POST,
+            "/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason",
+            Some((body, "application/x-ndjson")),
+        )
+        .await
     }
 
     /// The index (or data stream) a document with this `@timestamp` date goes to.

@@ -4,11 +4,13 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
+use super::bulk::{self, Item};
 use super::config::{FullPolicy, IndexMode, OpenSearchConfig};
-use super::retry::{Backoff, Class, classify, retry_request};
+use super::retry::{Class, classify, retry_request};
 use super::service::template_body;
-use super::spool::{Position, Spool};
+use super::spool::{Entry, Position, Spool};
 use super::*;
 
 fn scratch(label: &str) -> PathBuf {
@@ -36,7 +38,11 @@ fn classification() {
 
 #[test]
 fn backoff_grows_with_jitter_and_caps() {
-    let mut backoff = Backoff::new(100, 1000);
+    let mut backoff = backoff(&OpenSearchConfig {
+        backoff_initial_ms: 100,
+        backoff_max_ms: 1000,
+        ..OpenSearchConfig::default()
+    });
     let first = backoff.next_delay().as_millis();
     assert!((50..=100).contains(&first), "{first}");
     let second = backoff.next_delay().as_millis();
@@ -179,4 +185,233 @@ fn search_body_filters() {
     let filter = body["query"]["bool"]["filter"].as_array().unwrap();
     assert_eq!(filter.len(), 3);
     assert_eq!(filter[0]["term"]["tracer_name"], "oom");
+}
+
+// Settling bulk responses: canned bodies as a cluster (or something in front of it) answers.
+
+const DAY_INDEX: &str = "kpulse-events-2024.01.01";
+
+/// `n` routed items with `_id`s `id0`, `id1`, ….
+fn items(n: usize) -> Vec<Item> {
+    let entries = (0..n)
+        .map(|i| Entry {
+            line: format!(r#"{{"tracer_id":"id{i}","@timestamp":"2024-01-01T00:00:00Z","n":{i}}}"#),
+            end: Position {
+                segment: 0,
+                offset: 100 * (i as u64 + 1),
+            },
+        })
+        .collect();
+    let batch = Batch::new(0, entries, |day| {
+        assert_eq!(day, chrono::NaiveDate::from_ymd_opt(2024, 1, 1));
+        DAY_INDEX.to_owned()
+    });
+    assert!(batch.invalid.is_empty());
+    batch.items
+}
+
+fn ids(items: &[Item]) -> Vec<&str> {
+    items.iter().filter_map(|i| i.id.as_deref()).collect()
+}
+
+/// A sink that is never started: for [`OpenSearchSink::apply`].
+fn idle_sink(label: &str) -> (OpenSearchSink, PathBuf) {
+    let dir = scratch(label);
+    let config = OpenSearchConfig::default();
+    let sink = OpenSearchSink {
+        service: Service::new(&config).unwrap(),
+        spool: Spool::open(&dir.join("spool"), 1 << 20, 1 << 16, FullPolicy::DropNewest).unwrap(),
+        stats: Stats::default(),
+        dead_letter: DeadLetter::new(dir.join("dead-letter.ndjson")),
+        config,
+    };
+    (sink, dir)
+}
+
+#[test]
+fn batch_routes_creates_with_tracer_id() {
+    let items = items(2);
+    assert_eq!(ids(&items), ["id0", "id1"]);
+    let body = String::from_utf8(bulk::request_body(&items)).unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 4);
+    let action: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(action["create"]["_index"], DAY_INDEX);
+    assert_eq!(action["create"]["_id"], "id0");
+    assert_eq!(lines[1], items[0].entry.line);
+    assert!(body.ends_with('\n'));
+    let batch = Batch::new(
+        3,
+        vec![
+            Entry {
+                line: "not json".to_owned(),
+                end: Position::default(),
+            },
+            Entry {
+                line: "{}".to_owned(),
+                end: Position {
+                    segment: 1,
+                    offset: 7,
+                },
+            },
+        ],
+        |_| "fixed".to_owned(),
+    );
+    assert_eq!(batch.invalid.len(), 1);
+    assert_eq!(batch.items.len(), 1);
+    assert_eq!(batch.items[0].id, None);
+    assert_eq!(batch.items[0].action, r#"{"create":{"_index":"fixed"}}"#);
+    assert_eq!((batch.seq, batch.docs, batch.bytes), (3, 2, 12));
+    assert_eq!(batch.end.offset, 7);
+}
+
+#[test]
+fn settle_errors_true_with_created_duplicate_and_rejected() {
+    let body = br#"{"took":7,"errors":true,"items":[
+        {"create":{"_index":"kpulse-events-2024.01.01","_id":"id0","status":201}},
+        {"create":{"_index":"kpulse-events-2024.01.01","_id":"id1","status":409,
+            "error":{"type":"version_conflict_engine_exception","reason":"[id1]: version conflict, document already exists"}}},
+        {"create":{"_index":"kpulse-events-2024.01.01","_id":"id2","status":400,
+            "error":{"type":"mapper_parsing_exception","reason":"failed to parse field [tracer_data.n]"}}}
+    ]}"#;
+    let settled = bulk::settle(items(3), body);
+    assert_eq!((settled.indexed, settled.duplicates), (1, 1));
+    assert!(settled.retry.is_empty());
+    assert_eq!(settled.retry_cause, None);
+    assert_eq!(settled.missing, 0);
+    assert_eq!(settled.rejected.len(), 1);
+    let rejected = &settled.rejected[0];
+    assert_eq!(rejected.item.id.as_deref(), Some("id2"));
+    assert_eq!(rejected.status, 400);
+    assert_eq!(
+        rejected.reason,
+        "mapper_parsing_exception: failed to parse field [tracer_data.n]"
+    );
+
+    // Applied: counted, and only the 400 is in the dead-letter file, with its reason.
+    let (sink, dir) = idle_sink("settle-mixed");
+    let retry = sink.apply(bulk::settle(items(3), body));
+    assert!(retry.is_empty());
+    assert_eq!(sink.stats.indexed.load(Ordering::Relaxed), 1);
+    assert_eq!(sink.stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(sink.stats.rejected.load(Ordering::Relaxed), 1);
+    let dead = std::fs::read_to_string(dir.join("dead-letter.ndjson")).unwrap();
+    let records: Vec<Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["status"], 400);
+    assert_eq!(records[0]["index"], DAY_INDEX);
+    assert_eq!(records[0]["document"]["tracer_id"], "id2");
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("mapper_parsing_exception")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn settle_reads_the_filtered_response_and_index_actions() {
+    // What `filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason`
+    // leaves: no `took`, no `_id`; and `index` instead of `create` from another writer.
+    let body = br#"{"errors":false,"items":[{"create":{"status":201}},{"index":{"status":200}}]}"#;
+    let settled = bulk::settle(items(2), body);
+    assert_eq!(settled.indexed, 2);
+    assert!(settled.retry.is_empty() && settled.rejected.is_empty());
+}
+
+#[test]
+fn settle_retries_429_and_5xx_items_without_dead_lettering() {
+    let body = br#"{"took":1,"errors":true,"items":[
+        {"create":{"_id":"id0","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
+        {"create":{"_id":"id1","status":201}},
+        {"create":{"_id":"id2","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
+        {"create":{"_id":"id3","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}}
+    ]}"#;
+    let (sink, dir) = idle_sink("settle-429");
+    let retry = sink.apply(bulk::settle(items(4), body));
+    assert_eq!(ids(&retry), ["id0", "id2", "id3"]);
+    assert_eq!(sink.stats.indexed.load(Ordering::Relaxed), 1);
+    assert_eq!(sink.stats.rejected.load(Ordering::Relaxed), 0);
+    assert!(!dir.join("dead-letter.ndjson").exists());
+
+    let settled = bulk::settle(items(4), body);
+    let cause = settled.retry_cause.unwrap();
+    assert_eq!(cause.status, 429);
+    assert_eq!(
+        cause.reason,
+        "es_rejected_execution_exception: rejected execution of coordinating operation"
+    );
+    assert_eq!(cause.index, DAY_INDEX);
+    assert_eq!(settled.missing, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn settle_retries_401_and_403_items_and_names_the_cause() {
+    let body = br#"{"errors":true,"items":[
+        {"create":{"status":403,"error":{"type":"security_exception","reason":"no permissions for [indices:admin/create] and User [name=writer]"}}},
+        {"create":{"status":401,"error":{"type":"security_exception","reason":"missing authentication credentials"}}}
+    ]}"#;
+    let settled = bulk::settle(items(2), body);
+    assert_eq!(ids(&settled.retry), ["id0", "id1"]);
+    assert!(settled.rejected.is_empty());
+    // The warning names the first failure: its status and the missing permission.
+    let cause = settled.retry_cause.unwrap();
+    assert_eq!(cause.status, 403);
+    assert!(
+        cause.reason.contains("indices:admin/create"),
+        "{}",
+        cause.reason
+    );
+}
+
+#[test]
+fn settle_retries_items_the_response_does_not_describe() {
+    // Fewer items than documents: the missing ones are sent again, never acknowledged
+    // (whatever `errors` says) and never lost.
+    for errors in ["true", "false"] {
+        let body =
+            format!(r#"{{"errors":{errors},"items":[{{"create":{{"_id":"id0","status":201}}}}]}}"#);
+        let settled = bulk::settle(items(3), body.as_bytes());
+        assert_eq!(settled.indexed, 1, "errors: {errors}");
+        assert_eq!(ids(&settled.retry), ["id1", "id2"], "errors: {errors}");
+        assert_eq!(settled.missing, 2);
+        assert!(settled.rejected.is_empty());
+        assert!(settled.retry_cause.is_some());
+    }
+    // No items at all, an item without an outcome, or one for another `_id`.
+    for body in [
+        r#"{"errors":false}"#.to_owned(),
+        r#"{"errors":false,"items":[]}"#.to_owned(),
+        r#"{"errors":true,"items":[{},{"create":{"_id":"id1","status":201}}]}"#.to_owned(),
+        r#"{"errors":false,"items":[{"create":{"_id":"id9","status":201}},{"create":{"_id":"id1","status":201}}]}"#.to_owned(),
+    ] {
+        let settled = bulk::settle(items(2), body.as_bytes());
+        let expected: &[&str] = if body.contains("id1") { &["id0"] } else { &["id0", "id1"] };
+        assert_eq!(ids(&settled.retry), expected, "{body}");
+        assert_eq!(settled.missing, expected.len(), "{body}");
+        assert_eq!(settled.indexed as usize, 2 - expected.len(), "{body}");
+    }
+}
+
+#[test]
+fn settle_retries_everything_when_the_body_is_not_a_bulk_response() {
+    for body in [
+        &b"<html><body>502 Bad Gateway</body></html>"[..],
+        b"",
+        b"{\"errors\":false,\"items\":[{\"create\":{\"status\":",
+        b"[1,2,3]",
+    ] {
+        let (sink, dir) = idle_sink("settle-garbage");
+        let retry = sink.apply(bulk::settle(items(3), body));
+        assert_eq!(ids(&retry), ["id0", "id1", "id2"]);
+        assert_eq!(sink.stats.indexed.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.stats.rejected.load(Ordering::Relaxed), 0);
+        assert!(!dir.join("dead-letter.ndjson").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
