@@ -62,6 +62,7 @@ fn main() {
         runtime: tokio.handle().clone(),
         recorder: None,
         replay: false,
+        metrics: kpulse::metrics::AgentMetrics::new("kpulse"),
     });
     let runtime = Runtime::new(None).unwrap();
     let prepared = runtime.prepare(&plugin, &wasm).unwrap();

@@ -10,7 +10,7 @@ use crate::fsaccess::FsAccess;
 use crate::host_api::Services;
 use crate::hostinfo::HostInfo;
 use crate::http::AppState;
-use crate::metrics::Exposition;
+use crate::metrics::{AgentMetrics, Exposition};
 use crate::plugins::PluginManager;
 use crate::runtime::Runtime;
 use crate::sinks::Sink;
@@ -62,6 +62,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .compile_cache
         .then(|| config.data_dir.join("cache"));
     let runtime = Runtime::new(cache)?;
+    let metrics = AgentMetrics::new(&config.metrics.prefix);
     let services = Arc::new(Services {
         fs: FsAccess::open(&config.policy),
         store: store.clone(),
@@ -69,6 +70,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         runtime: tokio::runtime::Handle::current(),
         recorder: None,
         replay: false,
+        metrics: metrics.clone(),
     });
     let manager = Arc::new(PluginManager::new(runtime, services, config.clone()));
 
@@ -84,7 +86,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         manager: manager.clone(),
         store,
         opensearch,
-        exposition: Exposition::new(config.metrics.clone(), host.clone()),
+        exposition: Exposition::new(config.metrics.clone(), host.clone(), metrics),
         bearer_token: config.http.bearer_token.clone(),
         ready: AtomicBool::new(false),
     });

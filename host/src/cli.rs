@@ -229,6 +229,7 @@ async fn describe_file(
         runtime: tokio::runtime::Handle::current(),
         recorder: None,
         replay: false,
+        metrics: crate::metrics::AgentMetrics::new("kpulse"),
     });
     let pre = prepared.pre.clone();
     let described = tokio::task::spawn_blocking(move || {
@@ -345,6 +346,7 @@ impl MiniAgent {
             runtime: tokio::runtime::Handle::current(),
             recorder,
             replay,
+            metrics: crate::metrics::AgentMetrics::new(&config.metrics.prefix),
         });
         let manager = Arc::new(crate::plugins::PluginManager::new(
             Runtime::new(None)?,

@@ -8,6 +8,7 @@ mod bpf;
 mod cli;
 mod config;
 mod containment;
+mod contract;
 mod elasticsearch;
 mod events_dropwatch;
 mod events_hungtask;

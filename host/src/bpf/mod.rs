@@ -10,7 +10,7 @@
 //! closes every map, and aborts the ring-buffer readers.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+
+use crate::counter::{Count, Level};
 
 mod batch;
 mod inspect;
@@ -98,19 +100,20 @@ impl BpfError {
     }
 }
 
-/// Counters of one consumer's BPF traffic, shared with whoever reports them.
-#[derive(Debug, Default)]
+/// Counters of one consumer's BPF traffic, shared with whoever reports them (the agent
+/// registers them as its `plugin_bpf_*` families).
+#[derive(Debug, Default, Clone)]
 pub struct BpfCounters {
     /// Live ring-buffer and perf-array subscriptions.
-    pub subscriptions: AtomicU64,
+    pub subscriptions: Level,
     /// Records delivered.
-    pub records: AtomicU64,
+    pub records: Count,
     /// Records the BPF side dropped because the ring buffer was full (its `stats[1]`).
-    pub ring_full: AtomicU64,
+    pub ring_full: Count,
     /// Records the BPF side's rate limit suppressed (its `stats[2]`).
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Count,
     /// Samples the kernel could not store in a perf event array buffer (PERF_RECORD_LOST).
-    pub perf_lost: AtomicU64,
+    pub perf_lost: Count,
 }
 
 /// Where batches go. The consumer answers each batch with a receiver that yields the batch

@@ -43,6 +43,8 @@ pub struct Services {
     pub recorder: Option<Arc<crate::record::Recorder>>,
     /// Fake BPF: objects load and attach without touching the kernel (`plugins replay`).
     pub replay: bool,
+    /// The agent's registered self-metrics; each plugin's counters live there.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Who the instance is and what it may do.

@@ -11,7 +11,7 @@ use tokio::sync::{RwLock, oneshot};
 use super::actor::{Control, Gate, Supervisor};
 use super::description::{Description, describe_with, validate};
 use super::handle::{PluginHandle, PluginSpec, PluginView};
-use super::stats::{PluginState, PluginStats, PluginStatus};
+use super::stats::{PluginState, PluginStatus};
 use crate::config::Config;
 use crate::host_api::Services;
 use crate::runtime::{Prepared, Runtime, RuntimeError};
@@ -286,7 +286,9 @@ impl PluginManager {
     fn spawn(&self, spec: Arc<PluginSpec>, gate: Option<Gate>, stopped: bool) -> PluginHandle {
         let (mailbox_tx, mailbox_rx) = unbounded_channel();
         let (control_tx, control_rx) = unbounded_channel();
-        let stats = Arc::new(PluginStats::default());
+        // Registered under the plugin's name: a replacement keeps counting where the old
+        // version left off, as Prometheus expects of a counter.
+        let stats = Arc::new(self.services.metrics.plugin_stats(&spec.info.name));
         let status = Arc::new(Mutex::new(PluginStatus::default()));
         let supervisor = Supervisor {
             runtime: self.runtime.clone(),

@@ -6,40 +6,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use serde::Serialize;
 
 use crate::bpf::BpfCounters;
+use crate::counter::{Count, Level};
 
 /// Counters a plugin accumulates over all its instances. Updated lock-free from the actor
-/// thread and the host imports; read by `/metrics` and `/plugins`.
+/// thread and the host imports; read by `/plugins`, and by `/metrics` through the families
+/// they are registered in (`metrics::AgentMetrics::plugin_stats`). `Default` gives
+/// unregistered ones (throw-away `describe` instances, benches).
 #[derive(Debug, Default)]
 pub struct PluginStats {
     /// Guest calls made (init, start, timers, updates).
-    pub calls: AtomicU64,
+    pub calls: Count,
     /// Calls that ended in a trap (panic, memory cap, deadline, bad code).
-    pub traps: AtomicU64,
+    pub traps: Count,
     /// Traps caused by the per-call deadline.
-    pub timeouts: AtomicU64,
+    pub timeouts: Count,
     /// Calls where the guest returned an error value.
-    pub call_errors: AtomicU64,
+    pub call_errors: Count,
     /// Re-instantiations after a failure.
-    pub restarts: AtomicU64,
+    pub restarts: Count,
     /// `start` calls (HUATUO's "hit" count).
-    pub hits: AtomicU64,
+    pub hits: Count,
     /// File reads refused by capability checks.
-    pub denied_reads: AtomicU64,
-    pub documents_saved: AtomicU64,
+    pub denied_reads: Count,
+    pub documents_saved: Count,
     /// Documents dropped because the storage queue was full.
-    pub documents_dropped: AtomicU64,
+    pub documents_dropped: Count,
     /// Documents refused as malformed.
-    pub documents_rejected: AtomicU64,
+    pub documents_rejected: Count,
     /// Metric samples dropped as malformed or over the series cap.
-    pub metrics_dropped: AtomicU64,
+    pub metrics_dropped: Count,
     /// Linear memory of the current instance, in bytes.
-    pub memory_bytes: AtomicU64,
+    pub memory_bytes: Level,
     /// BPF objects loaded by the current instance.
-    pub bpf_objects: AtomicU64,
+    pub bpf_objects: Level,
     /// Subscriptions, records and drops of the plugin's BPF objects.
     pub bpf: Arc<BpfCounters>,
     /// BPF requests refused by policy.
-    pub bpf_denied: AtomicU64,
+    pub bpf_denied: Count,
     /// Duration of the last `update`, in nanoseconds.
     pub last_update_ns: AtomicU64,
     pub last_update_ok: AtomicBool,

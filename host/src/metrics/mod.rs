@@ -1,6 +1,15 @@
 //! `/metrics`: on each scrape every running metric plugin's `update` runs concurrently under
 //! its deadline; the samples are validated, grouped into families and encoded, together with
 //! the agent's self-metrics, through prometheus-client as OpenMetrics or text 0.0.4.
+//!
+//! The agent's own families (per plugin, per scrape, build info) are typed and registered
+//! once ([`AgentMetrics`], `agent.rs`); a scrape only collects the guests' samples plus a few
+//! values read at that moment (storage queue and drops, the sink's counters, process CPU and
+//! memory) into a throw-away [`Snapshot`].
+
+mod agent;
+
+pub use agent::AgentMetrics;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -94,11 +103,19 @@ impl Collector for Snapshot {
 pub struct Exposition {
     config: MetricsConfig,
     host: HostInfo,
+    agent: Arc<AgentMetrics>,
+    /// Serializes the refresh of the per-plugin state series with their encoding.
+    refresh: std::sync::Mutex<()>,
 }
 
 impl Exposition {
-    pub fn new(config: MetricsConfig, host: HostInfo) -> Self {
-        Self { config, host }
+    pub fn new(config: MetricsConfig, host: HostInfo, agent: Arc<AgentMetrics>) -> Self {
+        Self {
+            config,
+            host,
+            agent,
+            refresh: std::sync::Mutex::new(()),
+        }
     }
 
     /// Runs a scrape and encodes it.
@@ -139,15 +156,39 @@ impl Exposition {
             };
             scraped.push((handle.spec.info.name.clone(), seconds, ok));
         }
-        self.add_self_metrics(&mut snapshot, &handles, &scraped, store);
+        // Guest families may not shadow the agent's own.
+        snapshot.families.retain(|name, _| !is_agent_family(name));
+        self.add_read_metrics(&mut snapshot, &handles, store);
 
-        let mut registry = Registry::with_prefix(self.config.prefix.clone());
-        registry.register_collector(Box::new(snapshot));
+        let mut guests = Registry::with_prefix(self.config.prefix.clone());
+        guests.register_collector(Box::new(snapshot));
         let mut body = String::with_capacity(16 * 1024);
+        let _refreshing = self
+            .refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let loaded: Vec<&str> = handles.iter().map(|h| h.spec.info.name.as_str()).collect();
+        self.agent.retain_plugins(&loaded);
+        for handle in &handles {
+            self.agent.set_plugin(
+                &handle.spec.info.name,
+                handle.state(),
+                &handle.spec.info.version,
+                &handle.spec.prepared.sha256,
+            );
+        }
+        for (name, seconds, ok) in &scraped {
+            self.agent.set_scrape(name, *seconds, *ok);
+        }
         let encoded = if openmetrics {
-            prometheus_client::encoding::text::encode(&mut body, &registry)
+            use prometheus_client::encoding::text;
+            text::encode_registry(&mut body, &guests)
+                .and_then(|()| text::encode_registry(&mut body, self.agent.registry()))
+                .and_then(|()| text::encode_eof(&mut body))
         } else {
-            prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)
+            use prometheus_client::encoding::prometheus_text;
+            prometheus_text::encode(&mut body, &guests)
+                .and_then(|()| prometheus_text::encode(&mut body, self.agent.registry()))
         };
         if encoded.is_err() {
             tracing::error!("cannot encode metrics");
@@ -226,158 +267,32 @@ impl Exposition {
         }
     }
 
-    fn add_self_metrics(
+    /// Values read at scrape time: the store's queue and drops, the sink's counters, and
+    /// the process's CPU and memory.
+    fn add_read_metrics(
         &self,
         snapshot: &mut Snapshot,
         handles: &[Arc<PluginHandle>],
-        scraped: &[(String, f64, bool)],
         store: &Store,
     ) {
-        let plugin = |name: &str| vec![("plugin".to_owned(), name.to_owned())];
-        for (name, seconds, ok) in scraped {
-            let collector = vec![("collector".to_owned(), name.clone())];
-            snapshot.add(
-                "scrape_collector_duration_seconds",
-                "Duration of a plugin's update during this scrape.",
-                Kind::Gauge,
-                collector.clone(),
-                *seconds,
-            );
-            snapshot.add(
-                "scrape_collector_success",
-                "Whether a plugin's update succeeded during this scrape (1) or not (0).",
-                Kind::Gauge,
-                collector,
-                if *ok { 1.0 } else { 0.0 },
-            );
-        }
         for handle in handles {
-            let name = &handle.spec.info.name;
+            let plugin = vec![("plugin".to_owned(), handle.spec.info.name.clone())];
             let stats = &handle.stats;
-            let counters: [(&str, &str, u64); 18] = [
-                (
-                    "plugin_bpf_records",
-                    "Ring-buffer records delivered to the plugin.",
-                    stats.bpf.records.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_bpf_ring_full_drops",
-                    "Records the plugin's BPF programs dropped because the ring buffer was full.",
-                    stats.bpf.ring_full.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_bpf_rate_limited",
-                    "Records the plugin's BPF programs suppressed by their rate limit.",
-                    stats.bpf.rate_limited.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_bpf_perf_lost",
-                    "Samples lost because a perf event array buffer of the plugin was full.",
-                    stats.bpf.perf_lost.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_bpf_denied",
-                    "BPF requests refused by policy.",
-                    stats.bpf_denied.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_bpf_objects",
-                    "BPF objects loaded by the plugin's current instance.",
-                    stats.bpf_objects.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_calls",
-                    "Guest calls made.",
-                    stats.calls.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_traps",
-                    "Guest calls that trapped (panic, memory cap, deadline).",
-                    stats.traps.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_timeouts",
-                    "Guest calls stopped by the per-call deadline.",
-                    stats.timeouts.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_call_errors",
-                    "Guest calls that returned an error value.",
-                    stats.call_errors.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_restarts",
-                    "Instances re-created after a failure.",
-                    stats.restarts.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_hits",
-                    "Calls of the plugin's start entry point.",
-                    stats.hits.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_denied_reads",
-                    "File reads refused by capability checks.",
-                    stats.denied_reads.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_documents_saved",
-                    "Documents accepted from the plugin.",
-                    stats.documents_saved.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_documents_dropped",
-                    "Documents dropped because the storage queue was full.",
-                    stats.documents_dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_documents_rejected",
-                    "Documents refused as malformed.",
-                    stats.documents_rejected.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_metrics_dropped",
-                    "Metric samples dropped as malformed, duplicate or over the series cap.",
-                    stats.metrics_dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "plugin_memory_bytes",
-                    "Linear memory of the plugin's current instance.",
-                    stats.memory_bytes.load(Ordering::Relaxed),
-                ),
-            ];
-            for (metric, help, value) in counters {
-                let kind = if matches!(metric, "plugin_memory_bytes" | "plugin_bpf_objects") {
-                    Kind::Gauge
-                } else {
-                    Kind::Counter
-                };
-                snapshot.add(metric, help, kind, plugin(name), value as f64);
-            }
-            let state = handle.state();
-            for candidate in PluginState::ALL {
-                let mut labels = plugin(name);
-                labels.push(("state".to_owned(), candidate.as_str().to_owned()));
-                snapshot.add(
-                    "plugin_state",
-                    "Lifecycle state of each plugin (1 for the current state).",
-                    Kind::Gauge,
-                    labels,
-                    if candidate == state { 1.0 } else { 0.0 },
-                );
-            }
-            let mut labels = plugin(name);
-            labels.push(("version".to_owned(), handle.spec.info.version.clone()));
-            labels.push(("sha256".to_owned(), handle.spec.prepared.sha256.clone()));
             snapshot.add(
-                "plugin_info",
-                "Loaded plugin version and digest.",
+                "plugin_memory_bytes",
+                "Linear memory of the plugin's current instance.",
                 Kind::Gauge,
-                labels,
-                1.0,
+                plugin.clone(),
+                stats.memory_bytes.load(Ordering::Relaxed) as f64,
+            );
+            snapshot.add(
+                "plugin_bpf_objects",
+                "BPF objects loaded by the plugin's current instance.",
+                Kind::Gauge,
+                plugin,
+                stats.bpf_objects.load(Ordering::Relaxed) as f64,
             );
         }
-
         let stats = store.stats();
         if let Ok(written) = stats.written.lock() {
             for (tracer, count) in written.iter() {
@@ -434,21 +349,6 @@ impl Exposition {
             snapshot.add(metric.name, metric.help, kind, metric.labels, metric.value);
         }
 
-        snapshot.add(
-            "build_info",
-            "Agent build: version, wasmtime, WIT package and compiler.",
-            Kind::Gauge,
-            vec![
-                ("version".to_owned(), crate::build_info::VERSION.to_owned()),
-                (
-                    "wasmtime".to_owned(),
-                    crate::build_info::WASMTIME.to_owned(),
-                ),
-                ("wit".to_owned(), crate::build_info::WIT_PACKAGE.to_owned()),
-                ("rustc".to_owned(), crate::build_info::RUSTC.to_owned()),
-            ],
-            1.0,
-        );
         if let Some((cpu_seconds, rss_bytes)) = self_usage() {
             snapshot.add(
                 "process_cpu_seconds",
@@ -466,6 +366,11 @@ impl Exposition {
             );
         }
     }
+}
+
+/// Families the agent registers itself ([`AgentMetrics`]), by name without the prefix.
+fn is_agent_family(name: &str) -> bool {
+    name.starts_with("plugin_") || name.starts_with("scrape_collector_") || name == "build_info"
 }
 
 /// Labels the host owns; a plugin may not set them.
