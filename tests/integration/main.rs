@@ -20,6 +20,7 @@ mod events_softlockup;
 mod hot_reload;
 mod metrics;
 mod metrics_host;
+mod metrics_host2;
 mod opensearch;
 mod opensearch_secure;
 mod record_replay;
