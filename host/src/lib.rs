@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod counter;
 pub mod fsaccess;
+pub mod heap;
 pub mod host_api;
 pub mod hostinfo;
 pub mod http;

@@ -226,7 +226,9 @@ impl Runtime {
             message: format!("{err:#}"),
         };
         let Some(dir) = &self.cache_dir else {
-            let component = Component::new(&self.engine, wasm).map_err(compile_error)?;
+            let component = Component::new(&self.engine, wasm).map_err(compile_error);
+            crate::heap::release_free_heap();
+            let component = component?;
             return Ok((component, CompileSource::Compiled));
         };
         let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_hash));
@@ -247,9 +249,29 @@ impl Runtime {
         let bytes = self
             .engine
             .precompile_component(wasm)
-            .map_err(compile_error)?;
-        if let Err(err) = write_private(&artifact, &bytes) {
-            tracing::warn!(artifact = %artifact.display(), %err, "cannot write compile cache");
+            .map_err(compile_error);
+        // Cranelift's working memory is freed by now; give it back rather than keep tens of
+        // MiB resident after start-up.
+        crate::heap::release_free_heap();
+        let bytes = bytes?;
+        match write_private(&artifact, &bytes) {
+            Ok(()) => {
+                // Map the artifact just written, as a cached load does: the code pages are
+                // then the page cache's, not a private anonymous copy per component.
+                // SAFETY: as for a cached artifact above; this host wrote it just now.
+                #[allow(
+                    unsafe_code,
+                    reason = "deserializing the artifact this host just wrote"
+                )]
+                if let Ok(component) =
+                    unsafe { Component::deserialize_file(&self.engine, &artifact) }
+                {
+                    return Ok((component, CompileSource::Compiled));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(artifact = %artifact.display(), %err, "cannot write compile cache");
+            }
         }
         // SAFETY: `bytes` was produced just now by this engine's `precompile_component`.
         #[allow(unsafe_code, reason = "deserializing bytes this engine just compiled")]

@@ -182,7 +182,7 @@ fn kernel_btf() -> Result<Arc<Btf>, BpfError> {
                         cache.btf = None;
                         cache.reaper = false;
                         drop(guard);
-                        sys::release_free_heap();
+                        crate::heap::release_free_heap();
                         return;
                     }
                 }

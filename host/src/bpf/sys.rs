@@ -1,6 +1,5 @@
-//! The leaf of the BPF layer: the four map syscalls aya does not expose for raw bytes
-//! (element lookup, update, delete and key iteration on fds owned by aya), and giving freed
-//! heap back to the OS after a large transient allocation (the parsed kernel BTF).
+//! The four map syscalls aya does not expose for raw bytes: element lookup, update,
+//! delete and key iteration on fds owned by aya.
 #![allow(
     unsafe_code,
     reason = "bpf(2) map element commands on fds owned by aya"
@@ -93,14 +92,5 @@ pub fn next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> std:
         Ok(()) => Ok(true),
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(err) => Err(err),
-    }
-}
-
-/// Returns free heap pages to the OS (glibc keeps freed memory in its arenas otherwise).
-pub fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
