@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use kpulse_integration_tests::{Agent, plugin_wasm, wait_for};
 
-const HUATUO: &str = "[metrics]\nprefix = \"huatuo_bamai\"\n";
+pub(super) const HUATUO: &str = "[metrics]\nprefix = \"huatuo_bamai\"\n";
 
 /// The metric names HUATUO's dashboards query (a copy of the shared reference `huatuo-dashboard-metrics.txt`).
 const DASHBOARD_NAMES: &str = include_str!("../fixtures/huatuo-dashboard-metrics.txt");
 
 /// `name -> [(labels, value)]` of a text exposition, without the host's `region`/`host`.
-type Series = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
+pub(super) type Series = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
 
-fn parse_exposition(text: &str) -> Series {
+pub(super) fn parse_exposition(text: &str) -> Series {
     let mut out = Series::new();
     for line in text
         .lines()
@@ -48,7 +48,7 @@ fn parse_exposition(text: &str) -> Series {
 }
 
 /// Starts an agent with one plugin in HUATUO mode and waits for its first samples.
-fn agent(plugin: &str, settings: &str) -> Agent {
+pub(super) fn agent(plugin: &str, settings: &str) -> Agent {
     let agent = Agent::start(
         plugin,
         &[plugin_wasm(plugin)],
@@ -64,12 +64,12 @@ fn agent(plugin: &str, settings: &str) -> Agent {
     agent
 }
 
-fn scrape(agent: &Agent) -> Series {
+pub(super) fn scrape(agent: &Agent) -> Series {
     parse_exposition(&agent.metrics())
 }
 
 /// The only sample of a label-less family.
-fn single(series: &Series, name: &str) -> f64 {
+pub(super) fn single(series: &Series, name: &str) -> f64 {
     let samples = series
         .get(name)
         .unwrap_or_else(|| panic!("{name} missing; have {:?}", series.keys()));
@@ -105,7 +105,7 @@ fn assert_near(what: &str, before: f64, exposed: f64, after: f64, slack: f64) {
 
 /// Dashboard names of one family (`huatuo_bamai_<plugin>_...`, host level), leaving out the
 /// families of other plugins that share the prefix (`netdev_hw`, `netdev_qdisc`).
-fn dashboard_names(plugin: &str) -> Vec<&'static str> {
+pub(super) fn dashboard_names(plugin: &str) -> Vec<&'static str> {
     let prefix = format!("huatuo_bamai_{plugin}_");
     DASHBOARD_NAMES
         .lines()
@@ -119,7 +119,7 @@ fn dashboard_names(plugin: &str) -> Vec<&'static str> {
         .collect()
 }
 
-fn assert_dashboard_names(series: &Series, names: &[&str]) {
+pub(super) fn assert_dashboard_names(series: &Series, names: &[&str]) {
     assert!(!names.is_empty());
     let missing: Vec<&&str> = names.iter().filter(|n| !series.contains_key(**n)).collect();
     assert!(
@@ -128,7 +128,7 @@ fn assert_dashboard_names(series: &Series, names: &[&str]) {
     );
 }
 
-fn read(path: &str) -> String {
+pub(super) fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 

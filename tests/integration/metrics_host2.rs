@@ -8,71 +8,9 @@ use std::time::Duration;
 
 use kpulse_integration_tests::{Agent, plugin_wasm, wait_for};
 
-const HUATUO: &str = "[metrics]\nprefix = \"huatuo_bamai\"\n";
-
-/// The metric names HUATUO's dashboards query.
-const DASHBOARD_NAMES: &str = include_str!("../fixtures/huatuo-dashboard-metrics.txt");
-
-/// `name -> [(labels, value)]` of a text exposition, without the host's `region`/`host`.
-type Series = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
-
-fn parse_exposition(text: &str) -> Series {
-    let mut out = Series::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        // Label values here never contain `,` or `"`: device, driver and mount point names.
-        let labels: BTreeMap<String, String> = labels
-            .split(',')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_owned(), v.trim_matches('"').to_owned())
-            })
-            .filter(|(k, _)| k != "region" && k != "host")
-            .collect();
-        out.entry(name.to_owned())
-            .or_default()
-            .push((labels, value));
-    }
-    out
-}
-
-/// Starts an agent with one plugin in HUATUO mode and waits for its first samples.
-fn agent(plugin: &str, settings: &str) -> Agent {
-    let agent = Agent::start(
-        plugin,
-        &[plugin_wasm(plugin)],
-        &format!("{HUATUO}{settings}"),
-    );
-    agent.wait_state(plugin, "running", Duration::from_secs(30));
-    let probe = format!("huatuo_bamai_scrape_collector_success{{collector=\"{plugin}\"}} 1");
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{plugin} samples"),
-        || agent.metrics().contains(&probe).then_some(()),
-    );
-    agent
-}
-
-fn scrape(agent: &Agent) -> Series {
-    parse_exposition(&agent.metrics())
-}
-
-fn single(series: &Series, name: &str) -> f64 {
-    let samples = series
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} missing; have {:?}", series.keys()));
-    assert_eq!(samples.len(), 1, "{name}: {samples:?}");
-    samples[0].1
-}
+use super::metrics_host::{
+    Series, agent, assert_dashboard_names, dashboard_names, read, scrape, single,
+};
 
 /// `label value -> sample` of a family labelled by `label`.
 fn by_label(series: &Series, name: &str, label: &str) -> BTreeMap<String, f64> {
@@ -85,29 +23,6 @@ fn by_label(series: &Series, name: &str, label: &str) -> BTreeMap<String, f64> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap()
-}
-
-/// Host-level dashboard names of one family (`huatuo_bamai_<plugin>_...`).
-fn dashboard_names(plugin: &str) -> Vec<&'static str> {
-    let prefix = format!("huatuo_bamai_{plugin}_");
-    DASHBOARD_NAMES
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&prefix) && !n.starts_with(&format!("{prefix}container_")))
-        .collect()
-}
-
-fn assert_dashboard_names(series: &Series, names: &[&str]) {
-    assert!(!names.is_empty());
-    let missing: Vec<&&str> = names.iter().filter(|n| !series.contains_key(**n)).collect();
-    assert!(
-        missing.is_empty(),
-        "dashboard names not exposed: {missing:?}"
-    );
 }
 
 /// `device -> entries` of `/proc/net/arp`.
