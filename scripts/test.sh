@@ -31,6 +31,14 @@ echo "== tests"
 # tests/integration/opensearch.rs and a secured one (TLS, basic auth) for opensearch_secure.rs.
 scripts/opensearch.sh start
 scripts/opensearch.sh start-secure
+# A private containerd (with the CRI plugin, crictl) and dockerd, no registry, for the
+# container attribution tests (idempotent); their sockets, state dirs and images as
+# KPULSE_TEST_* variables (tests/fixtures/containers/README.md).
+scripts/containers.sh start
+set -a
+# shellcheck source=/dev/null
+source "$(scripts/containers.sh env)"
+set +a
 # Features unify over the packages one cargo invocation selects: the host's tests (and the
 # integration tests, which depend on the host package) resolve like `cargo build -p kpulse`
 # above and reuse its build; the guest crates' native unit tests go separately, because their
