@@ -36,9 +36,9 @@
 #     at the private containerd above (--containerd), and docker's containers are in its
 #     namespace moby.
 #   - images, imported, never pulled: kpulse-test/busybox:1 in docker (`docker import` of the
-#     rootfs, ENTRYPOINT /bin/sleep 1000000); docker.io/kpulse-test/busybox:1 in containerd
-#     namespaces kptest (for `ctr run IMAGE`) and k8s.io (for CRI containers), and the same image
-#     as registry.k8s.io/pause:3.6 in k8s.io (the pod sandbox).
+#     rootfs, ENTRYPOINT /bin/sleep 1000000); in containerd namespaces kptest (for `ctr run
+#     IMAGE`) and k8s.io (for CRI containers) as docker.io/kpulse-test/busybox:1 and, the same
+#     image, as registry.k8s.io/pause:3.6 (the pod sandbox).
 #   - crictl, built once from the Go module proxy: GOBIN=$STATE/bin go install
 #     sigs.k8s.io/cri-tools/cmd/crictl@$KPULSE_TEST_CRICTL_VERSION; config $STATE/crictl.yaml
 #     (endpoint = the private containerd, no pull on create).
@@ -435,8 +435,8 @@ ctr_has_image() {   # ctr_has_image NAMESPACE REF
     ctr_ -n "$1" images ls -q 2>/dev/null | grep -qxF "$2"
 }
 
-# ctr_import NAMESPACE FRESH REF...: imports $IMAGE_TAR into NAMESPACE (only the images named
-# REF...) when FRESH is 1 or one of them is missing.
+# ctr_import NAMESPACE FRESH REF...: imports $IMAGE_TAR (both names) into NAMESPACE when FRESH
+# is 1 or one of REF... is missing.
 ctr_import() {
     local ns="$1" absent="$2" ref
     shift 2
@@ -445,9 +445,7 @@ ctr_import() {
     done
     [ "$absent" -eq 1 ] || return 0
     log "importing $* into containerd namespace $ns"
-    local -a base=()
-    [ $# -gt 1 ] || base=(--base-name "${1%:*}")
-    ctr_ -n "$ns" images import "${base[@]}" "$IMAGE_TAR" >/dev/null
+    ctr_ -n "$ns" images import "$IMAGE_TAR" >/dev/null
     for ref in "$@"; do
         ctr_has_image "$ns" "$ref" || die "$ref missing in containerd namespace $ns after import"
     done
