@@ -28,6 +28,7 @@
 //! `update` one at a time, each under a deadline. See `docs/plugin-guide.md`.
 
 pub mod bpf;
+pub mod containers;
 pub mod context;
 pub mod error;
 pub mod fs;
@@ -157,8 +158,8 @@ impl Config {
 pub mod prelude {
     pub use crate::metric::{self, Metric};
     pub use crate::{
-        Collector, Config, Context, Error, Plugin, Result, TimerId, Tracing, bpf, fs, log, procfs,
-        storage,
+        Collector, Config, Context, Error, Plugin, Result, TimerId, Tracing, bpf, containers, fs,
+        log, procfs, storage,
     };
 }
 

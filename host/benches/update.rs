@@ -63,6 +63,7 @@ fn main() {
         recorder: None,
         replay: false,
         metrics: kpulse::metrics::AgentMetrics::new("kpulse"),
+        containers: kpulse::containers::Registry::empty(Default::default()),
     });
     let runtime = Runtime::new(None).unwrap();
     let prepared = runtime.prepare(&plugin, &wasm).unwrap();
@@ -84,6 +85,7 @@ fn main() {
         grant: services.fs.grant(&["/proc/loadavg".to_owned()]),
         bpf: Err("bench".to_owned()),
         kallsyms: false,
+        containers: false,
         rx_timestamps: false,
     };
     let mut wasm_store = runtime.store(HostState::new(identity, services.clone(), 64 << 20, None));

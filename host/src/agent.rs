@@ -63,6 +63,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .then(|| config.data_dir.join("cache"));
     let runtime = Runtime::new(cache)?;
     let metrics = AgentMetrics::new(&config.metrics.prefix);
+    let containers =
+        crate::containers::Registry::start(config.containers.clone(), metrics.containers.clone())
+            .await;
     let services = Arc::new(Services {
         fs: FsAccess::open(&config.policy),
         store: store.clone(),
@@ -71,6 +74,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         recorder: None,
         replay: false,
         metrics: metrics.clone(),
+        containers: containers.clone(),
     });
     let manager = Arc::new(PluginManager::new(runtime, services, config.clone()));
 
@@ -86,9 +90,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         manager: manager.clone(),
         store,
         opensearch,
-        exposition: Exposition::new(config.metrics.clone(), host.clone(), metrics),
+        exposition: Exposition::new(
+            config.metrics.clone(),
+            host.clone(),
+            metrics,
+            containers.clone(),
+        ),
         bearer_token: config.http.bearer_token.clone(),
         ready: AtomicBool::new(false),
+        containers: containers.clone(),
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(config.http.listen)

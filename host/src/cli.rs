@@ -229,6 +229,7 @@ async fn describe_file(
         runtime: tokio::runtime::Handle::current(),
         recorder: None,
         replay: false,
+        containers: crate::containers::Registry::empty(Default::default()),
         metrics: crate::metrics::AgentMetrics::new("kpulse"),
     });
     let pre = prepared.pre.clone();
@@ -268,6 +269,17 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
                 ("bpf", None) => by_policy(&defaults.bpf_allow),
                 ("kallsyms", None) => by_policy(&defaults.kallsyms_allow),
                 ("rx-timestamps", None) => "granted",
+                ("containers", None) => {
+                    if crate::containers::policy_allows(
+                        &defaults.containers_allow,
+                        &info.name,
+                        &prepared.sha256,
+                    ) {
+                        "granted by the default policy"
+                    } else {
+                        "denied by the default policy"
+                    }
+                }
                 _ => "unknown to this host: never granted",
             };
             json!({"capability": cap, "status": status})
@@ -346,6 +358,7 @@ impl MiniAgent {
             runtime: tokio::runtime::Handle::current(),
             recorder,
             replay,
+            containers: crate::containers::Registry::empty(Default::default()),
             metrics: crate::metrics::AgentMetrics::new(&config.metrics.prefix),
         });
         let manager = Arc::new(crate::plugins::PluginManager::new(

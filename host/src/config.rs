@@ -93,6 +93,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub storage: StorageConfig,
     pub policy: PolicyConfig,
+    pub containers: crate::containers::ContainersConfig,
     /// Per-plugin tables, passed to the plugin's `init` as a JSON object. The keys
     /// `deadline_ms` and `memory_mib` are read (and checked) by the host too.
     #[serde(deserialize_with = "plugin_tables")]
@@ -111,6 +112,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             storage: StorageConfig::default(),
             policy: PolicyConfig::default(),
+            containers: crate::containers::ContainersConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -255,6 +257,9 @@ pub struct PolicyConfig {
     /// Plugins allowed to symbolize kernel addresses (`kallsyms` capability): names or
     /// `sha256:<hex>`. Defaults to the built-in collectors' names.
     pub kallsyms_allow: Vec<String>,
+    /// Plugins allowed to read the container registry (`containers` capability): names,
+    /// `sha256:<hex>`, or `*` for every plugin that declares it (the default).
+    pub containers_allow: Vec<String>,
 }
 
 /// The built-in plugins that use BPF.
@@ -282,6 +287,7 @@ impl Default for PolicyConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            containers_allow: vec!["*".to_owned()],
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub bearer_token: Option<crate::config::Secret>,
     /// Set once the initial plugin scan is done.
     pub ready: AtomicBool,
+    /// The container registry (`GET /containers`, `GET /containers/json`).
+    pub containers: crate::containers::Registry,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -152,6 +154,69 @@ pub fn routes(
             },
         );
 
+    // kpulse's view: every workload (containers, systemd units, other cgroups), all labels.
+    // `?runtime=docker` filters by runtime, `?state=running` by state.
+    let containers = warp::path!("containers")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_state.clone())
+        .map(|params: HashMap<String, String>, state: Arc<AppState>| {
+            if let Some(key) = params
+                .keys()
+                .find(|k| !matches!(k.as_str(), "runtime" | "state"))
+            {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("unknown parameter {key:?}; use runtime, state"),
+                );
+            }
+            let table = state.containers.snapshot();
+            let listed: Vec<&crate::containers::Container> = table
+                .containers()
+                .iter()
+                .map(|c| &**c)
+                .filter(|c| {
+                    params
+                        .get("runtime")
+                        .is_none_or(|r| c.runtime.as_str() == r)
+                })
+                .filter(|c| {
+                    params.get("state").is_none_or(|s| match c.state {
+                        crate::containers::State::Running => s == "running",
+                        crate::containers::State::Stopped => s == "stopped",
+                    })
+                })
+                .collect();
+            json_reply(
+                StatusCode::OK,
+                &json!({"data": {
+                    "generation": state.containers.generation(),
+                    "containers": listed,
+                }}),
+            )
+        });
+
+    // HUATUO's shape: running containers only, `?container_id=` for one.
+    let containers_json = warp::path!("containers" / "json")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_state.clone())
+        .map(|params: HashMap<String, String>, state: Arc<AppState>| {
+            use crate::containers::huatuo;
+            let table = state.containers.snapshot();
+            let synced_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let wanted = params.get("container_id").filter(|id| !id.is_empty());
+            let listed: Vec<_> = table
+                .containers()
+                .iter()
+                .filter(|c| huatuo::listed(c))
+                .filter(|c| wanted.is_none_or(|id| &c.id == id))
+                .map(|c| huatuo::of(c, &synced_at))
+                .collect();
+            json_reply(StatusCode::OK, &json!({"data": listed}))
+        });
+
     let events = warp::path!("events")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
@@ -217,6 +282,10 @@ pub fn routes(
         .or(control)
         .unify()
         .or(events)
+        .unify()
+        .or(containers)
+        .unify()
+        .or(containers_json)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
             let (status, message) = if rejection.is_not_found() {

@@ -11,6 +11,7 @@ pub mod bpf;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod counter;
 pub mod fsaccess;
 pub mod heap;

@@ -24,6 +24,7 @@ use crate::wit::{ErrorCode, types};
 
 mod bpf;
 mod clock;
+mod containers;
 mod fs;
 mod host;
 mod log;
@@ -45,6 +46,8 @@ pub struct Services {
     pub replay: bool,
     /// The agent's registered self-metrics; each plugin's counters live there.
     pub metrics: Arc<crate::metrics::AgentMetrics>,
+    /// The container registry (`containers` interface, document and metric attribution).
+    pub containers: crate::containers::Registry,
 }
 
 /// Who the instance is and what it may do.
@@ -56,6 +59,8 @@ pub struct Identity {
     /// Whether BPF is allowed, or why not.
     pub bpf: Result<(), String>,
     pub kallsyms: bool,
+    /// May read the container registry (`containers`).
+    pub containers: bool,
     /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
     pub rx_timestamps: bool,
 }

@@ -78,6 +78,8 @@ pub struct AgentMetrics {
     info: Family<PluginInfoLabels, Gauge>,
     scrape_duration: SecondsFamily,
     scrape_success: Family<CollectorLabel, Gauge>,
+    /// The container registry's families.
+    pub containers: crate::containers::ContainerMetrics,
     /// Plugins whose series exist, so an unloaded plugin's series can be removed.
     known: Mutex<HashSet<String>>,
 }
@@ -173,6 +175,7 @@ impl AgentMetrics {
             "Whether a plugin's update succeeded during the last scrape (1) or not (0).",
             scrape_success.clone(),
         );
+        let containers = crate::containers::ContainerMetrics::register(&mut registry);
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -210,6 +213,7 @@ impl AgentMetrics {
             scrape_duration,
             scrape_success,
             known: Mutex::new(HashSet::new()),
+            containers,
         })
     }
 

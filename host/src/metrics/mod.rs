@@ -104,16 +104,24 @@ pub struct Exposition {
     config: MetricsConfig,
     host: HostInfo,
     agent: Arc<AgentMetrics>,
+    /// Gives container-level samples their container's labels.
+    containers: crate::containers::Registry,
     /// Serializes the refresh of the per-plugin state series with their encoding.
     refresh: std::sync::Mutex<()>,
 }
 
 impl Exposition {
-    pub fn new(config: MetricsConfig, host: HostInfo, agent: Arc<AgentMetrics>) -> Self {
+    pub fn new(
+        config: MetricsConfig,
+        host: HostInfo,
+        agent: Arc<AgentMetrics>,
+        containers: crate::containers::Registry,
+    ) -> Self {
         Self {
             config,
             host,
             agent,
+            containers,
             refresh: std::sync::Mutex::new(()),
         }
     }
@@ -196,6 +204,52 @@ impl Exposition {
         body
     }
 
+    /// HUATUO's container label set, in its order (`region, container_host, container_name,
+    /// container_type, container_level, container_hostnamespace, host`), then the
+    /// allow-listed container labels as `container_label_<name>`. A container the registry
+    /// does not know keeps its id as the name and the type `unknown`.
+    fn container_labels(
+        &self,
+        labels: &mut Labels,
+        id: &str,
+        container: Option<&crate::containers::Container>,
+    ) {
+        use crate::containers::model::kind;
+        if self.config.host_labels {
+            labels.push(("region".to_owned(), self.host.region.clone()));
+        }
+        let (host, name, container_type, level, namespace) = match container {
+            Some(c) => (
+                c.display_hostname(),
+                c.name.as_str(),
+                c.container_type,
+                c.qos.as_str(),
+                c.host_namespace(),
+            ),
+            None => (id, id, kind::UNKNOWN, "", ""),
+        };
+        for (key, value) in [
+            ("container_host", host),
+            ("container_name", name),
+            ("container_type", container_type),
+            ("container_level", level),
+            ("container_hostnamespace", namespace),
+        ] {
+            labels.push((key.to_owned(), value.to_owned()));
+        }
+        if self.config.host_labels {
+            labels.push(("host".to_owned(), self.host.hostname.clone()));
+        }
+        if let Some(c) = container {
+            for (key, value) in c.allowed_labels(self.containers.label_allow()) {
+                labels.push((
+                    format!("container_label_{}", sanitize_label(key)),
+                    value.clone(),
+                ));
+            }
+        }
+    }
+
     fn add_plugin_metrics(
         &self,
         snapshot: &mut Snapshot,
@@ -204,6 +258,7 @@ impl Exposition {
     ) {
         let plugin = &handle.spec.info.name;
         let mut dropped = 0u64;
+        let containers = self.containers.snapshot();
         let cap = self.config.max_series_per_plugin;
         for (index, metric) in metrics.into_iter().enumerate() {
             if index >= cap {
@@ -243,15 +298,18 @@ impl Exposition {
             };
             let name = match &metric.container_id {
                 Some(id) => {
-                    labels.push(("container_id".to_owned(), id.clone()));
+                    let container = containers.get(id);
+                    self.container_labels(&mut labels, id, container.map(|c| &**c));
                     family("_container")
                 }
-                None => family(""),
+                None => {
+                    if self.config.host_labels {
+                        labels.push(("region".to_owned(), self.host.region.clone()));
+                        labels.push(("host".to_owned(), self.host.hostname.clone()));
+                    }
+                    family("")
+                }
             };
-            if self.config.host_labels {
-                labels.push(("region".to_owned(), self.host.region.clone()));
-                labels.push(("host".to_owned(), self.host.hostname.clone()));
-            }
             let mut extra = metric.labels;
             extra.sort();
             labels.extend(extra);
@@ -370,12 +428,33 @@ impl Exposition {
 
 /// Families the agent registers itself ([`AgentMetrics`]), by name without the prefix.
 fn is_agent_family(name: &str) -> bool {
-    name.starts_with("plugin_") || name.starts_with("scrape_collector_") || name == "build_info"
+    name.starts_with("plugin_")
+        || name.starts_with("scrape_collector_")
+        || name.starts_with("container_")
+        || name == "containers"
+        || name == "build_info"
 }
 
 /// Labels the host owns; a plugin may not set them.
 fn is_reserved_label(name: &str) -> bool {
-    matches!(name, "region" | "host" | "container_id")
+    matches!(
+        name,
+        "region"
+            | "host"
+            | "container_id"
+            | "container_host"
+            | "container_name"
+            | "container_type"
+            | "container_level"
+            | "container_hostnamespace"
+    ) || name.starts_with("container_label_")
+}
+
+/// A label key as a Prometheus label name: `[a-zA-Z0-9_]`, others become `_`.
+fn sanitize_label(key: &str) -> String {
+    key.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// CPU seconds and RSS of this process, from `/proc/self`.

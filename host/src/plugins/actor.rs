@@ -332,6 +332,7 @@ impl IncarnationContext {
             grant: spec.grant.clone(),
             bpf: spec.bpf.clone(),
             kallsyms: spec.kallsyms,
+            containers: spec.containers,
             rx_timestamps: spec.info.capabilities.iter().any(|c| c == "rx-timestamps"),
         };
         let state = HostState::new(

@@ -58,7 +58,10 @@ impl Description {
             .iter()
             .filter(|cap| {
                 !cap.starts_with("read:")
-                    && !matches!(cap.as_str(), "bpf" | "kallsyms" | "rx-timestamps")
+                    && !matches!(
+                        cap.as_str(),
+                        "bpf" | "kallsyms" | "rx-timestamps" | "containers"
+                    )
             })
             .cloned()
             .collect()
@@ -79,6 +82,7 @@ pub fn describe_with(
         grant: ReadGrant::default(),
         bpf: Err("describe may not use BPF".to_owned()),
         kallsyms: false,
+        containers: false,
         rx_timestamps: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));

@@ -30,6 +30,8 @@ pub struct PluginSpec {
     pub bpf: Result<(), String>,
     /// Whether the plugin may symbolize kernel addresses.
     pub kallsyms: bool,
+    /// Whether the plugin may read the container registry.
+    pub containers: bool,
 }
 
 /// A plugin in the table.

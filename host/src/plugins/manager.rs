@@ -169,6 +169,8 @@ impl PluginManager {
             declares("kallsyms"),
         )
         .is_ok();
+        let containers = declares("containers")
+            && crate::containers::policy_allows(&policy.containers_allow, &name, &prepared.sha256);
         if declares("bpf")
             && let Err(reason) = &bpf
         {
@@ -177,6 +179,7 @@ impl PluginManager {
         let spec = Arc::new(PluginSpec {
             bpf,
             kallsyms,
+            containers,
             grant: self.services.fs.grant(&info.read_prefixes()),
             deadline: Duration::from_millis(self.config.deadline_ms(&name)),
             memory_bytes: self.config.memory_bytes(&name),

@@ -26,6 +26,15 @@ struct Document<'a> {
     container_type: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     container_qos: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    container_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    container_image: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pod_name: &'a str,
+    /// The workload's cgroup (containers, systemd units and other cgroups alike).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    cgroup_path: &'a str,
     tracer_name: &'a str,
     tracer_id: &'a str,
     tracer_time: String,
@@ -47,7 +56,7 @@ pub(super) fn build(
             request.tracer_name
         )));
     }
-    if request.container_id.len() > 128 {
+    if request.container.id.len() > 128 {
         return Err(SaveError::Invalid(
             "container id longer than 128 bytes".to_owned(),
         ));
@@ -80,12 +89,15 @@ pub(super) fn build(
         region: &host.region,
         uploaded_time: now.to_rfc3339_opts(SecondsFormat::Millis, true),
         time: huatuo_time.clone(),
-        container_id: request.container_id,
-        // Filled by the containers subsystem once it resolves the id.
-        container_hostname: "",
-        container_host_namespace: "",
-        container_type: "",
-        container_qos: "",
+        container_id: request.container.id,
+        container_hostname: request.container.hostname,
+        container_host_namespace: request.container.host_namespace,
+        container_type: request.container.container_type,
+        container_qos: request.container.qos,
+        container_name: request.container.name,
+        container_image: request.container.image,
+        pod_name: request.container.pod_name,
+        cgroup_path: request.container.cgroup_path,
         tracer_name: request.tracer_name,
         tracer_id: &tracer_id,
         tracer_time: huatuo_time,

@@ -54,11 +54,27 @@ impl RunType {
     }
 }
 
+/// The workload fields of a document: HUATUO's `container_*` and kpulse's `container_name`,
+/// `container_image`, `pod_name`, `cgroup_path`. The caller fills them from the container
+/// registry; all empty for a host event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContainerFields<'a> {
+    pub id: &'a str,
+    pub hostname: &'a str,
+    pub host_namespace: &'a str,
+    pub container_type: &'a str,
+    pub qos: &'a str,
+    pub name: &'a str,
+    pub image: &'a str,
+    pub pod_name: &'a str,
+    pub cgroup_path: &'a str,
+}
+
 /// One `storage.save` call.
 #[derive(Debug)]
 pub struct SaveRequest<'a> {
     pub tracer_name: &'a str,
-    pub container_id: &'a str,
+    pub container: ContainerFields<'a>,
     pub time_ns: u64,
     pub data_json: &'a str,
     pub run_type: RunType,
@@ -223,7 +239,7 @@ mod tests {
     fn request<'a>(tracer: &'a str, data: &'a str, time_ns: u64) -> SaveRequest<'a> {
         SaveRequest {
             tracer_name: tracer,
-            container_id: "",
+            container: ContainerFields::default(),
             time_ns,
             data_json: data,
             run_type: RunType::Event,

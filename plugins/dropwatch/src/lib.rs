@@ -71,6 +71,7 @@ kpulse_sdk::register!(Dropwatch {
     capabilities: [
         "bpf",
         "kallsyms",
+        "containers",
         "read:/sys/kernel/tracing/events/skb/kfree_skb/format"
     ],
     summary: "Kernel packet drops with reason, location and stack (skb/kfree_skb)",
@@ -115,9 +116,14 @@ impl Tracing for Dropwatch {
         _subscription: u64,
         records: bpf::Records<'_>,
     ) -> Result<()> {
-        for record in records {
-            let drop = self.decode(record);
-            storage::save("dropwatch", "", storage::now(), &drop)?;
+        let drops: Vec<Drop<'static>> = records.map(|r| self.decode(r)).collect();
+        let keys: Vec<containers::Key> = drops
+            .iter()
+            .map(|d| containers::Key::NetnsInum(d.net_namespace_inum))
+            .collect();
+        let owners = containers::attribute(&keys);
+        for (drop, owner) in drops.iter().zip(&owners) {
+            storage::save("dropwatch", owner, storage::now(), drop)?;
             self.events += 1;
         }
         Ok(())

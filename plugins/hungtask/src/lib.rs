@@ -76,7 +76,7 @@ kpulse_sdk::register!(Hungtask {
     version: "0.1.0",
     interval: 10,
     kinds: [tracing, metric],
-    capabilities: ["bpf", "read:/proc"],
+    capabilities: ["bpf", "containers", "read:/proc"],
     summary: "Hung (D-state) tasks with their kernel stacks (sched/sched_process_hang)",
 });
 
@@ -128,7 +128,10 @@ impl Tracing for Hungtask {
                 continue;
             }
             let document = self.describe(tid, comm);
-            storage::save("hungtask", "", storage::now(), &document)?;
+            // A hung task is alive by definition: its pid names its cgroup.
+            let owner = containers::attribute(&[containers::Key::Pid(tid)]);
+            let owner = owner.first().map_or("", String::as_str);
+            storage::save("hungtask", owner, storage::now(), &document)?;
             self.events += 1;
         }
         Ok(())

@@ -83,7 +83,7 @@ kpulse_sdk::register!(Memreclaim {
     version: "0.1.0",
     interval: 5,
     kinds: [tracing, metric],
-    capabilities: ["bpf"],
+    capabilities: ["bpf", "containers"],
     summary: "Tasks stalled in direct or memcg-limit memory reclaim (vmscan tracepoints)",
 });
 
@@ -143,9 +143,14 @@ impl Tracing for Memreclaim {
         _subscription: u64,
         records: bpf::Records<'_>,
     ) -> Result<()> {
-        for record in records {
-            let reclaim = decode(record);
-            storage::save("memreclaim", "", storage::now(), &reclaim)?;
+        let reclaims: Vec<Reclaim> = records.map(decode).collect();
+        let keys: Vec<containers::Key> = reclaims
+            .iter()
+            .map(|r| containers::Key::MemcgId(r.memcg_id))
+            .collect();
+        let owners = containers::attribute(&keys);
+        for (reclaim, owner) in reclaims.iter().zip(&owners) {
+            storage::save("memreclaim", owner, storage::now(), reclaim)?;
             let index = usize::from(reclaim.source == SOURCES[1]);
             if let Some(count) = self.events.get_mut(index) {
                 *count += 1;

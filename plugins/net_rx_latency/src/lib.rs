@@ -127,6 +127,7 @@ kpulse_sdk::register!(NetRxLatency {
     capabilities: [
         "bpf",
         "rx-timestamps",
+        "containers",
         "read:/proc/1/ns/net",
         "read:/proc/self/ns/net"
     ],
@@ -174,10 +175,18 @@ impl Tracing for NetRxLatency {
         _subscription: u64,
         records: bpf::Records<'_>,
     ) -> Result<()> {
-        for record in records {
-            let record = NetRxLatencyEvent::parse_padded(record.0);
-            let event = decode(&record);
-            storage::save("net_rx_latency", "", storage::now(), &event)?;
+        let records: Vec<NetRxLatencyEvent> = records
+            .into_iter()
+            .map(|r| NetRxLatencyEvent::parse_padded(r.0))
+            .collect();
+        let keys: Vec<containers::Key> = records
+            .iter()
+            .map(|r| containers::Key::NetnsInum(r.netns_inum))
+            .collect();
+        let owners = containers::attribute(&keys);
+        for (record, owner) in records.iter().zip(&owners) {
+            let event = decode(record);
+            storage::save("net_rx_latency", owner, storage::now(), &event)?;
             if let Some(count) = (record.stage as usize)
                 .checked_sub(1)
                 .and_then(|i| self.events.get_mut(i))

@@ -126,6 +126,7 @@ kpulse_sdk::register!(Oom {
     kinds: [tracing, metric],
     capabilities: [
         "bpf",
+        "containers",
         "read:/proc/meminfo",
         "read:/proc",
         "read:/sys/fs/cgroup"
@@ -172,11 +173,30 @@ impl Tracing for Oom {
             let mut document = decode(record);
             document.trigger.cgroup = task_cgroup(document.trigger.pid);
             document.victim.cgroup = task_cgroup(document.victim.pid);
+            // The victim's memcg is recorded only when it is the trigger; else its pid
+            // names it while it still exists.
+            let victim_key = match document.victim.memory_cgroup_id {
+                Some(id) => containers::Key::MemcgId(id),
+                None => containers::Key::Pid(document.victim.pid),
+            };
+            let owners = containers::attribute(&[
+                containers::Key::MemcgId(document.trigger.memory_cgroup_id),
+                victim_key,
+            ]);
+            if let [trigger, victim] = owners.as_slice() {
+                document.trigger.container_id.clone_from(trigger);
+                document.victim.container_id.clone_from(victim);
+            }
             document.memory_snapshot.host_meminfo = procfs::meminfo().unwrap_or_else(|err| {
                 log::warn(&format!("no meminfo snapshot: {err}"));
                 BTreeMap::new()
             });
-            storage::save("oom", "", storage::now(), &document)?;
+            storage::save(
+                "oom",
+                &document.victim.container_id,
+                storage::now(),
+                &document,
+            )?;
             self.events += 1;
             self.count_victim(&document.victim.comm);
         }
