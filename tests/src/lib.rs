@@ -10,6 +10,8 @@
     reason = "test harness: a failed setup step should panic"
 )]
 
+pub mod containers;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
