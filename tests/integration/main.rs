@@ -7,6 +7,7 @@
 mod bpf;
 mod cli;
 mod config;
+mod containers;
 mod containment;
 mod contract;
 mod elasticsearch;

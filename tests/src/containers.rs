@@ -69,11 +69,10 @@ impl Runtimes {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Output {
-        let output = Command::new(program)
+        Command::new(program)
             .args(args)
             .output()
-            .unwrap_or_else(|err| panic!("{program}: {err}"));
-        output
+            .unwrap_or_else(|err| panic!("{program}: {err}"))
     }
 
     fn run_ok(&self, program: &str, args: &[&str]) -> String {

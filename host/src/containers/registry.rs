@@ -387,12 +387,18 @@ impl Discovery {
 
     async fn run(mut self) {
         let rescan = Duration::from_secs(self.registry.inner.config.rescan_interval_secs);
+        let grace = Duration::from_secs(self.registry.inner.config.grace_period_secs);
         loop {
+            // The periodic rescan, or sooner when a stopped container's grace period ends.
+            let mut next = Instant::now() + rescan;
+            if let Some(expiry) = self.registry.snapshot().next_expiry(grace) {
+                next = next.min(expiry + Duration::from_millis(10));
+            }
             tokio::select! {
                 () = self.registry.inner.wake.notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                 }
-                () = tokio::time::sleep(rescan) => {}
+                () = tokio::time::sleep_until(next.into()) => {}
             }
             self.pass().await;
         }

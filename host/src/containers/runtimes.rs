@@ -109,10 +109,12 @@ async fn containerd_records(
             let Some(task) = tasks
                 .iter()
                 .find(|t| t.id == container.id && t.pid != 0)
+                // `created`: its init process exists (runc made it) and is about to run.
                 .filter(|t| {
                     matches!(
                         t.status,
-                        containerd::TaskStatus::Running
+                        containerd::TaskStatus::Created
+                            | containerd::TaskStatus::Running
                             | containerd::TaskStatus::Paused
                             | containerd::TaskStatus::Pausing
                     )

@@ -132,9 +132,10 @@ pub fn namespace_inum(pid: u32, kind: &str) -> Option<u32> {
     u32::try_from(meta.ino()).ok()
 }
 
-/// The host's namespaces: those of pid 1 (the agent may run in its own).
+/// The host's network namespace: pid 1's (the agent may run in a namespace of its own),
+/// else the agent's own where pid 1's cannot be read (some sandboxes deny it even to root).
 pub fn host_netns() -> Option<u32> {
-    namespace_inum(1, "net")
+    namespace_inum(1, "net").or_else(|| namespace_inum(std::process::id(), "net"))
 }
 
 /// A process's cgroup paths: the v2 one (`0::`) and the memory controller's.

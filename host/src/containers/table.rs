@@ -127,6 +127,11 @@ impl Table {
         }
     }
 
+    /// When the first stopped workload's grace period ends, for a pass that forgets it.
+    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
+        self.stopped_at.values().min().map(|since| *since + grace)
+    }
+
     /// Running workloads per runtime.
     pub fn count_by_runtime(&self) -> HashMap<Runtime, u64> {
         let mut counts = HashMap::new();
@@ -502,9 +507,12 @@ fn from_runtime(
     } else {
         (0, 0)
     };
-    let host_network = match record.host_network {
-        Some(host) => host,
-        None => net != 0 && net == seen.host_netns,
+    // What the process is in beats what the spec asked for (a pod's containers join their
+    // sandbox's netns by path, which is the host's for a host-network pod).
+    let host_network = if net != 0 && seen.host_netns != 0 {
+        net == seen.host_netns
+    } else {
+        record.host_network.unwrap_or(false)
     };
     Container {
         id: record.id.clone(),
