@@ -44,6 +44,15 @@ fn main() {
     if want("save-latency") {
         save_latency();
     }
+    if want("containers-resolve") {
+        containers_resolve();
+    }
+    if want("containers-discovery") {
+        containers_discovery();
+    }
+    if want("containers-memory") {
+        containers_memory();
+    }
     // Not part of "all": four runs per event plugin.
     if args.iter().any(|a| a == "overhead-each") {
         overhead_each();
@@ -1034,4 +1043,179 @@ fn delete_index(url: &str, index: &str) {
     };
     let _ = http(addr, "DELETE", &format!("/{index}-*"), &[]);
     let _ = http(addr, "DELETE", &format!("/_index_template/{index}"), &[]);
+}
+
+/// The registry's `resolve` on a snapshot of 1000 containers (each with a nested cgroup),
+/// batches of 1000 keys of every kind but pid (a pid costs a `/proc/<pid>/cgroup` read).
+fn containers_resolve() {
+    use kpulse::containers::Key;
+    use kpulse::containers::table::{CgroupDir, Observation, RuntimeContainer, Table};
+    let mut seen = Observation {
+        host_netns: 1,
+        ..Observation::default()
+    };
+    for i in 0..1000u32 {
+        let path = format!("/kptest/c{i}");
+        let base = u64::from(i) * 10 + 100;
+        seen.cgroups.insert(
+            path.clone(),
+            CgroupDir {
+                cgroup_id: base,
+                memcg_id: base + 1,
+                pid: i + 10,
+            },
+        );
+        seen.cgroups.insert(
+            format!("{path}/inner"),
+            CgroupDir {
+                cgroup_id: base + 2,
+                memcg_id: base + 3,
+                pid: 0,
+            },
+        );
+        seen.runtime.push(RuntimeContainer {
+            source: "containerd",
+            namespace: "kptest".to_owned(),
+            id: format!("c{i}"),
+            pid: i + 10,
+            cgroup_path: path,
+            net_ns: 4_000_000_000 + i,
+            mnt_ns: 3_000_000_000 + i,
+            ..RuntimeContainer::default()
+        });
+    }
+    let no_ns = |_: u32| (0u32, 0u32);
+    let built = Instant::now();
+    let (table, _) = Table::default().next(&seen, Instant::now(), Duration::from_secs(30), &no_ns);
+    let build_time = built.elapsed();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let keys: Vec<Key> = (0..1000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let i = (rng % 1000) as u32;
+            let base = u64::from(i) * 10 + 100;
+            match rng % 5 {
+                0 => Key::CgroupId(base),
+                1 => Key::CgroupId(base + 2),
+                2 => Key::MemcgId(base + 1),
+                3 => Key::NetnsInum(4_000_000_000 + i),
+                _ => Key::MntnsInum(3_000_000_000 + i),
+            }
+        })
+        .collect();
+    let proc_path = |_: u32| None;
+    let rounds = 2000;
+    let mut hits = 0usize;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let answers: Vec<Option<String>> = keys
+            .iter()
+            .map(|&k| table.resolve(k, &proc_path).map(|c| c.id.clone()))
+            .collect();
+        hits += answers.iter().filter(|a| a.is_some()).count();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(hits, rounds * keys.len(), "every key resolves");
+    let per_batch = elapsed / rounds as u32;
+    println!(
+        "containers-resolve: 1000 containers; batch of 1000 keys: {:.1} us/batch, {:.1} ns/key (ids copied out as the WIT call does); snapshot build {:.2} ms",
+        per_batch.as_secs_f64() * 1e6,
+        per_batch.as_secs_f64() * 1e9 / keys.len() as f64,
+        build_time.as_secs_f64() * 1e3,
+    );
+}
+
+/// Container started (`ctr run -d` returned) -> visible in `/containers`, 10 times.
+fn containers_discovery() {
+    use kpulse_integration_tests::containers::Runtimes;
+    let runtimes = Runtimes::get();
+    let agent = Agent::start("bench-discovery", &[], &runtimes.agent_config(""));
+    let mut after_start = Vec::new();
+    let mut after_spawn = Vec::new();
+    for round in 0..10 {
+        let id = format!("disc{round}-{}", std::process::id());
+        let spawned = Instant::now();
+        let container = runtimes.ctr_run("kptest", &id, &[], &[], "sleep 1000");
+        let started = Instant::now();
+        wait_for(Duration::from_secs(10), "the container", || {
+            let list = agent.get("/containers").json();
+            list["data"]["containers"]
+                .as_array()?
+                .iter()
+                .any(|c| c["id"] == id.as_str())
+                .then_some(())
+        });
+        after_start.push(started.elapsed());
+        after_spawn.push(spawned.elapsed());
+        drop(container);
+    }
+    after_start.sort();
+    after_spawn.sort();
+    println!(
+        "containers-discovery: started -> in /containers: median {:?}, max {:?} (from spawning `ctr run`: median {:?}; /containers polled every 50 ms)",
+        after_start[5], after_start[9], after_spawn[5]
+    );
+}
+
+/// Agent RSS with 1000 extra cgroups, each with a process (cgroup workloads), against the
+/// same agent before they existed.
+fn containers_memory() {
+    let agent = Agent::start(
+        "bench-registry-memory",
+        &[],
+        "[containers]\ngrace_period_secs = 0\n",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rss_mib(agent.child.id());
+    let known = |agent: &Agent| {
+        kpulse_integration_tests::sample_with(
+            &agent.metrics(),
+            "kpulse_containers",
+            "runtime=\"cgroup\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let baseline = known(&agent);
+    let roots = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified"];
+    let mut children = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..1000 {
+        let name = format!("kpbench-{i}");
+        for root in roots {
+            let dir = PathBuf::from(root).join(&name);
+            let _ = std::fs::create_dir(&dir);
+            dirs.push(dir);
+        }
+        let child = Command::new("sleep").arg("600").spawn().unwrap();
+        for root in roots {
+            let _ = std::fs::write(
+                PathBuf::from(root).join(&name).join("cgroup.procs"),
+                child.id().to_string(),
+            );
+        }
+        children.push(child);
+    }
+    let started = Instant::now();
+    wait_for(Duration::from_secs(120), "1000 cgroup workloads", || {
+        (known(&agent) >= baseline + 1000.0).then_some(())
+    });
+    let seen_after = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_mib(agent.child.id());
+    let list_bytes = agent.get("/containers").body.len();
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for dir in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    println!(
+        "containers-memory: RSS {before:.1} MiB -> {after:.1} MiB with 1000 more workloads (+{:.2} MiB); all seen {seen_after:?} after the last was made; /containers is {} KiB",
+        after - before,
+        list_bytes / 1024
+    );
 }
