@@ -106,8 +106,9 @@ fn a_ctr_container_is_found_at_once_with_its_ids_and_stays_resolvable_for_the_gr
     assert_eq!(listed[0]["net_namespace_inum"], c["netns_inum"]);
 
     // Stopped: still there, marked so, for the grace period; then gone.
-    container.stop();
+    // The grace period starts when the registry sees the stop, after this instant.
     let stopped_at = Instant::now();
+    container.stop();
     wait_for(
         Duration::from_secs(5),
         "the container marked stopped",

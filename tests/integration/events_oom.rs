@@ -155,8 +155,10 @@ fn memory_cgroup_limit_gives_oom_event() {
         meminfo["MemTotal"].as_u64().unwrap() > meminfo["MemFree"].as_u64().unwrap(),
         "{data}"
     );
-    // Containers come later: host-level for now.
-    assert_eq!(victim["container_id"], "", "{data}");
+    // A bare cgroup is a workload of its own: named by its path, not a container.
+    assert_eq!(victim["container_id"], cgroup.path.as_str(), "{data}");
+    assert_eq!(doc["cgroup_path"], cgroup.path.as_str(), "{doc}");
+    assert!(doc.get("container_id").is_none(), "{doc}");
 
     let metrics = agent.metrics();
     let total = sample(&metrics, "kpulse_oom_host_total").unwrap();
