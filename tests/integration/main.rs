@@ -20,6 +20,7 @@ mod events_softirq;
 mod events_softlockup;
 mod hot_reload;
 mod metrics;
+mod metrics_container;
 mod metrics_host;
 mod metrics_host2;
 mod opensearch;
