@@ -86,6 +86,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot watch {}", config.plugin_dir.display()))?;
 
+    let watch_dropped = metrics.watch_dropped.clone();
     let state = Arc::new(AppState {
         manager: manager.clone(),
         store,
@@ -99,6 +100,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         bearer_token: config.http.bearer_token.clone(),
         ready: AtomicBool::new(false),
         containers: containers.clone(),
+        watch_dropped,
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -28,4 +28,5 @@ mod opensearch_secure;
 mod record_replay;
 mod sdk_outside;
 mod security;
+mod status_page;
 mod store;

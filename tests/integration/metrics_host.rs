@@ -48,11 +48,15 @@ pub(super) fn parse_exposition(text: &str) -> Series {
 }
 
 /// Starts an agent with one plugin in HUATUO mode and waits for its first samples.
+/// Host-level families only: containers running on the machine meanwhile (other tests'
+/// Docker or CRI containers) would add `_container_` series to the families compared here.
+const NO_CONTAINERS: &str = "[containers]\nenabled = false\n";
+
 pub(super) fn agent(plugin: &str, settings: &str) -> Agent {
     let agent = Agent::start(
         plugin,
         &[plugin_wasm(plugin)],
-        &format!("{HUATUO}{settings}"),
+        &format!("{HUATUO}{NO_CONTAINERS}{settings}"),
     );
     agent.wait_state(plugin, "running", Duration::from_secs(30));
     let probe = format!("huatuo_bamai_scrape_collector_success{{collector=\"{plugin}\"}} 1");

@@ -80,6 +80,8 @@ pub struct AgentMetrics {
     scrape_success: Family<CollectorLabel, Gauge>,
     /// The container registry's families.
     pub containers: crate::containers::ContainerMetrics,
+    /// Documents lost by live watchers that fell behind.
+    pub watch_dropped: Counter,
     /// Plugins whose series exist, so an unloaded plugin's series can be removed.
     known: Mutex<HashSet<String>>,
 }
@@ -176,6 +178,12 @@ impl AgentMetrics {
             scrape_success.clone(),
         );
         let containers = crate::containers::ContainerMetrics::register(&mut registry);
+        let watch_dropped = Counter::default();
+        registry.register(
+            "events_watch_dropped",
+            "Documents live watchers (GET /events/watch) lost by falling behind.",
+            watch_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -214,6 +222,7 @@ impl AgentMetrics {
             scrape_success,
             known: Mutex::new(HashSet::new()),
             containers,
+            watch_dropped,
         })
     }
 

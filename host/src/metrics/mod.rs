@@ -432,6 +432,7 @@ fn is_agent_family(name: &str) -> bool {
         || name.starts_with("scrape_collector_")
         || name.starts_with("container_")
         || name == "containers"
+        || name.starts_with("events_watch_")
         || name == "build_info"
 }
 

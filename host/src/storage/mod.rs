@@ -80,6 +80,18 @@ pub struct SaveRequest<'a> {
     pub run_type: RunType,
 }
 
+/// A saved document as live watchers (`GET /events/watch`) get it.
+#[derive(Debug)]
+pub struct LiveDocument {
+    pub tracer: String,
+    pub container_id: String,
+    /// The document's JSON, as stored.
+    pub text: String,
+}
+
+/// Documents a watcher may fall behind by before it loses the oldest (counted).
+const LIVE_CAPACITY: usize = 1024;
+
 /// Counters exposed on `/metrics`.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -115,6 +127,7 @@ struct StoreInner {
     stats: Arc<StoreStats>,
     ids: IdGenerator,
     sink: Option<Arc<dyn Sink>>,
+    live: tokio::sync::broadcast::Sender<Arc<LiveDocument>>,
 }
 
 impl Store {
@@ -165,6 +178,7 @@ impl Store {
                 stats,
                 ids,
                 sink,
+                live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             }),
         })
     }
@@ -182,6 +196,12 @@ impl Store {
         &self.inner.stats
     }
 
+    /// Every document saved from now on. A watcher that falls more than 1024 documents
+    /// behind loses the oldest (its receiver reports how many); nothing waits for it.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Arc<LiveDocument>> {
+        self.inner.live.subscribe()
+    }
+
     /// Validates, enriches and queues one document; returns its `tracer_id`.
     pub fn save(&self, request: &SaveRequest<'_>) -> Result<String, SaveError> {
         let inner = &*self.inner;
@@ -196,6 +216,14 @@ impl Store {
         // Nothing here blocks: the writer thread hands the document to the sink (whose
         // spool append and fsync happen there) before it writes the local file, so a
         // document in the local files is always in the sink's spool too.
+        // Copied for watchers only while there are any.
+        if inner.live.receiver_count() > 0 {
+            let _ = inner.live.send(Arc::new(LiveDocument {
+                tracer: request.tracer_name.to_owned(),
+                container_id: request.container.id.to_owned(),
+                text: text.clone(),
+            }));
+        }
         let Some(sender) = &inner.sender else {
             return Ok(tracer_id);
         };

@@ -1,4 +1,5 @@
-//! The HTTP API (warp): `/metrics`, health, `/plugins` and `/events`.
+//! The HTTP API (warp): the status page (`/`), `/metrics`, health, `/plugins`, `/events`
+//! and its live stream, `/containers`, and HUATUO's `/tracers` and `/containers/json`.
 //!
 //! Mutating endpoints (`PUT /plugins/{name}/start|stop`) answer loopback clients only,
 //! unless a bearer token is configured, in which case any client presenting it may call them.
@@ -14,6 +15,10 @@ use serde_json::json;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
+
+mod status;
+mod tracers;
+mod watch;
 
 use crate::metrics::{Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::plugins::PluginManager;
@@ -35,6 +40,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The container registry (`GET /containers`, `GET /containers/json`).
     pub containers: crate::containers::Registry,
+    /// Documents live watchers lost by falling behind (`GET /events/watch`).
+    pub watch_dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -129,28 +136,7 @@ pub fn routes(
              remote: Option<SocketAddr>,
              auth: Option<String>,
              state: Arc<AppState>| async move {
-                if !authorized(&state, remote, auth.as_deref()) {
-                    return error_reply(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        "mutating endpoints answer loopback clients, or clients with the configured bearer token",
-                    );
-                }
-                let start = match action.as_str() {
-                    "start" => true,
-                    "stop" => false,
-                    _ => return error_reply(StatusCode::NOT_FOUND, "not_found", "action must be start or stop"),
-                };
-                match state.manager.command(&name, start).await {
-                    None => error_reply(StatusCode::NOT_FOUND, "not_found", &format!("no plugin named {name:?}")),
-                    Some(PluginState::Running | PluginState::Starting) if start => {
-                        error_reply(StatusCode::CONFLICT, "conflict", "plugin is already running")
-                    }
-                    Some(PluginState::Stopped) if !start => {
-                        error_reply(StatusCode::CONFLICT, "conflict", "plugin is already stopped")
-                    }
-                    Some(_) => StatusCode::NO_CONTENT.into_response(),
-                }
+                control(&state, &name, &action, remote, auth.as_deref()).await
             },
         );
 
@@ -287,6 +273,12 @@ pub fn routes(
         .unify()
         .or(containers_json)
         .unify()
+        .or(watch::route(state.clone()))
+        .unify()
+        .or(tracers::routes(state.clone()))
+        .unify()
+        .or(status::route(state.clone()))
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             let (status, message) = if rejection.is_not_found() {
                 (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
@@ -303,6 +295,52 @@ pub fn routes(
             Ok::<_, Infallible>(error_reply(status, "request", &message))
         })
         .unify()
+}
+
+/// Starts or stops plugin `name` for an authorised client: 204, or 403, 404, 409.
+async fn control(
+    state: &AppState,
+    name: &str,
+    action: &str,
+    remote: Option<SocketAddr>,
+    auth: Option<&str>,
+) -> Response {
+    if !authorized(state, remote, auth) {
+        return error_reply(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "mutating endpoints answer loopback clients, or clients with the configured bearer token",
+        );
+    }
+    let start = match action {
+        "start" => true,
+        "stop" => false,
+        _ => {
+            return error_reply(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "action must be start or stop",
+            );
+        }
+    };
+    match state.manager.command(name, start).await {
+        None => error_reply(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no plugin named {name:?}"),
+        ),
+        Some(PluginState::Running | PluginState::Starting) if start => error_reply(
+            StatusCode::CONFLICT,
+            "conflict",
+            "plugin is already running",
+        ),
+        Some(PluginState::Stopped) if !start => error_reply(
+            StatusCode::CONFLICT,
+            "conflict",
+            "plugin is already stopped",
+        ),
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+    }
 }
 
 fn authorized(state: &AppState, remote: Option<SocketAddr>, auth: Option<&str>) -> bool {
