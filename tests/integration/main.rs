@@ -21,6 +21,7 @@ mod events_softlockup;
 mod hot_reload;
 mod metrics;
 mod metrics_container;
+mod metrics_container_net;
 mod metrics_host;
 mod metrics_host2;
 mod opensearch;

@@ -8,24 +8,39 @@
 //!   table size over all network namespaces (hexadecimal in the file). Left out when the
 //!   file is missing.
 //!
-//! Lines that do not parse (fewer than the six columns) are skipped and counted in
-//! `malformed_lines_total`. The plugin takes no settings. Container-level series
-//! (`arp_container_entries` from each container's network namespace,
-//! `/proc/<init pid>/net/arp`) are not produced: they wait for the containers interface.
+//! - `container_entries` (gauge, HUATUO's `huatuo_bamai_arp_container_entries` with the
+//!   container labels): all lines of the container's `/proc/<init pid>/net/arp`, without a
+//!   `device` label, as in HUATUO; 0 when the table is empty.
+//!
+//! Container series come for every running `normal` container with its own network
+//! namespace (HUATUO's `NormalContainers()`; containers of one pod each report the pod's
+//! namespace, sandboxes, sidecars and `host_network` containers report nothing: see
+//! `../netdev/src/netns.rs`). A container whose process went away since the registry saw it
+//! is skipped. Without the `containers` capability only the host series are produced.
+//! HUATUO refreshes its ARP numbers every 60 s in the background; here they are read at each
+//! collection.
+//!
+//! Lines that do not parse (fewer than the six columns; host and containers) are skipped and
+//! counted in `malformed_lines_total`. The plugin takes no settings.
 
 use std::collections::BTreeMap;
 
 use kpulse_sdk::prelude::*;
 
+#[path = "../../netdev/src/netns.rs"]
+mod netns;
+use netns::Netns;
+
 struct Arp {
+    netns: Netns,
     malformed: u64,
 }
 
 kpulse_sdk::register!(Arp {
     name: "arp",
     kinds: [metric],
-    capabilities: ["read:/proc/net/arp", "read:/proc/net/stat/arp_cache"],
-    summary: "ARP entries per device from /proc/net/arp and the ARP table size, HUATUO's arp",
+    capabilities: ["read:/proc", "containers"],
+    summary: "ARP entries of the host (per device) and containers, and the ARP table size, HUATUO's arp",
 });
 
 impl Plugin for Arp {
@@ -35,7 +50,10 @@ impl Plugin for Arp {
                 "this plugin takes no settings (got {key})"
             )));
         }
-        Ok(Arp { malformed: 0 })
+        Ok(Arp {
+            netns: Netns::new(),
+            malformed: 0,
+        })
     }
 }
 
@@ -78,7 +96,14 @@ fn parse_arp_cache(text: &str) -> (Option<u64>, u64) {
 }
 
 impl Arp {
-    fn collect(&mut self, arp: &str, arp_cache: Option<&str>) -> Vec<Metric> {
+    /// The host's samples (`arp`, `arp_cache` texts), each container's (`(id, net/arp text)`),
+    /// then `malformed_lines`.
+    fn collect(
+        &mut self,
+        arp: &str,
+        arp_cache: Option<&str>,
+        containers: &[(String, String)],
+    ) -> Vec<Metric> {
         let (devices, skipped) = parse_arp(arp);
         self.malformed += skipped;
         let mut out: Vec<Metric> = devices
@@ -99,6 +124,16 @@ impl Arp {
                 ));
             }
         }
+        for (id, text) in containers {
+            let (devices, skipped) = parse_arp(text);
+            self.malformed += skipped;
+            out.push(metric::container_gauge(
+                id,
+                "entries",
+                devices.values().sum::<u64>() as f64,
+                "ARP entries in the container's network namespace.",
+            ));
+        }
         out.push(metric::counter(
             "malformed_lines",
             self.malformed as f64,
@@ -116,7 +151,16 @@ impl Collector for Arp {
             Err(err) if err.is_not_found() => None,
             Err(err) => return Err(err),
         };
-        Ok(self.collect(&arp, cache.as_deref()))
+        self.netns.refresh();
+        let containers: Vec<(String, String)> = self
+            .netns
+            .containers()
+            .filter_map(|c| {
+                let mut files = self.netns.read(c, &["arp"])?;
+                Some((c.id.clone(), files.pop()?))
+            })
+            .collect();
+        Ok(self.collect(&arp, cache.as_deref(), &containers))
     }
 }
 
@@ -145,10 +189,17 @@ garbage
             .collect()
     }
 
+    fn plugin() -> Arp {
+        Arp {
+            netns: Netns::new(),
+            malformed: 0,
+        }
+    }
+
     #[test]
     fn huatuo_names_per_device_and_total() {
-        let mut p = Arp { malformed: 0 };
-        let out = p.collect(ARP, Some(ARP_CACHE));
+        let mut p = plugin();
+        let out = p.collect(ARP, Some(ARP_CACHE), &[]);
         let dev = |d: &str| vec![("device".to_owned(), d.to_owned())];
         assert_eq!(
             summary(&out),
@@ -160,7 +211,7 @@ garbage
             ]
         );
         // The count accumulates over scrapes.
-        let out = p.collect("", None);
+        let out = p.collect("", None, &[]);
         assert_eq!(summary(&out), [("malformed_lines".to_owned(), vec![], 1.0)]);
     }
 
@@ -171,5 +222,37 @@ garbage
             assert_eq!((total, skipped), (None, 1), "{text:?}");
         }
         assert_eq!(parse_arp_cache("entries\n00000010\n"), (Some(16), 0));
+    }
+
+    #[test]
+    fn container_entries_without_device() {
+        let mut p = plugin();
+        let empty =
+            "IP address       HW type     Flags       HW address            Mask     Device\n";
+        let containers = [
+            ("ctr1".to_owned(), ARP.to_owned()),
+            ("ctr2".to_owned(), empty.to_owned()),
+        ];
+        let out = p.collect(ARP, None, &containers);
+        let of = |id: &str| -> Vec<Sample> {
+            summary(
+                &out.iter()
+                    .filter(|m| (*m).clone().container(id) == **m)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(of("ctr1"), [("entries".to_owned(), vec![], 3.0)]);
+        assert_eq!(of("ctr2"), [("entries".to_owned(), vec![], 0.0)]);
+        assert_eq!(
+            out.len(),
+            2 + 2 + 1,
+            "host's 2 devices, 2 containers, malformed_lines"
+        );
+        assert_eq!(
+            out.last().map(Metric::value),
+            Some(2.0),
+            "host's and ctr1's garbage"
+        );
     }
 }
