@@ -87,6 +87,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     .with_context(|| format!("cannot watch {}", config.plugin_dir.display()))?;
 
     let watch_dropped = metrics.watch_dropped.clone();
+    let http_metrics = metrics.http.clone();
     let state = Arc::new(AppState {
         manager: manager.clone(),
         store,
@@ -101,6 +102,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         containers: containers.clone(),
         watch_dropped,
+        http_metrics,
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(config.http.listen)

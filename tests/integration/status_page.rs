@@ -194,9 +194,23 @@ fn huatuos_tracer_api_answers_with_its_codes_and_envelope() {
     assert_eq!(tracers["data"]["loadavg"]["flag"], 2);
     assert_eq!(agent.put("/tracers/example/start").status, 409);
     assert_eq!(agent.put("/tracers/example/stop").status, 204);
+    agent.wait_state("example", "stopped", Duration::from_secs(10));
     assert_eq!(agent.put("/tracers/example/stop").status, 409);
     assert_eq!(agent.put("/tracers/example/start").status, 204);
     let missing = agent.put("/tracers/nope/start");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "not_found");
+    // Request metrics by route template, not raw path.
+    let metrics = agent.metrics();
+    let conflicts = kpulse_integration_tests::sample_with(
+        &metrics,
+        "kpulse_http_server_requests_total",
+        "route=\"/tracers/{name}/{action}\",method=\"PUT\",status=\"409\"",
+    );
+    assert_eq!(conflicts, Some(2.0), "{metrics}");
+    assert!(
+        metrics.contains("kpulse_http_server_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("route=\"/tracers/nope"), "{metrics}");
 }

@@ -16,6 +16,7 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+pub mod requests;
 mod status;
 mod tracers;
 mod watch;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub containers: crate::containers::Registry,
     /// Documents live watchers lost by falling behind (`GET /events/watch`).
     pub watch_dropped: prometheus_client::metrics::counter::Counter,
+    /// Requests per route, method and status, and their durations.
+    pub http_metrics: requests::HttpMetrics,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -53,7 +56,16 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
-    warp::serve(routes(state))
+    let http_metrics = state.http_metrics.clone();
+    let observed = warp::log::custom(move |info: warp::log::Info<'_>| {
+        http_metrics.observe(
+            info.path(),
+            info.method().as_str(),
+            info.status().as_u16(),
+            info.elapsed().as_secs_f64(),
+        );
+    });
+    warp::serve(routes(state).with(observed))
         .incoming(listener)
         .graceful(shutdown)
         .run()

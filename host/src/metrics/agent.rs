@@ -82,6 +82,8 @@ pub struct AgentMetrics {
     pub containers: crate::containers::ContainerMetrics,
     /// Documents lost by live watchers that fell behind.
     pub watch_dropped: Counter,
+    /// The HTTP server's request families.
+    pub http: crate::http::requests::HttpMetrics,
     /// Plugins whose series exist, so an unloaded plugin's series can be removed.
     known: Mutex<HashSet<String>>,
 }
@@ -178,6 +180,7 @@ impl AgentMetrics {
             scrape_success.clone(),
         );
         let containers = crate::containers::ContainerMetrics::register(&mut registry);
+        let http = crate::http::requests::HttpMetrics::register(&mut registry);
         let watch_dropped = Counter::default();
         registry.register(
             "events_watch_dropped",
@@ -223,6 +226,7 @@ impl AgentMetrics {
             known: Mutex::new(HashSet::new()),
             containers,
             watch_dropped,
+            http,
         })
     }
 

@@ -433,6 +433,7 @@ fn is_agent_family(name: &str) -> bool {
         || name.starts_with("container_")
         || name == "containers"
         || name.starts_with("events_watch_")
+        || name.starts_with("http_server_")
         || name == "build_info"
 }
 
