@@ -10,6 +10,7 @@ mod config;
 mod containers;
 mod containment;
 mod contract;
+mod deploy;
 mod elasticsearch;
 mod events_dropwatch;
 mod events_hungtask;
