@@ -214,3 +214,80 @@ fn huatuos_tracer_api_answers_with_its_codes_and_envelope() {
     );
     assert!(!metrics.contains("route=\"/tracers/nope"), "{metrics}");
 }
+
+/// `POST /v1/events/watch` with `body`; the connected stream.
+fn cloud_watch(addr: SocketAddr, body: &str) -> (u16, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/events/watch HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, reader)
+}
+
+#[test]
+fn huatuos_cloudevents_stream_filters_by_regex_and_caps_clients() {
+    let config = format!("{EXAMPLE_FAST}[plugins.docgen]\nper_tick = 1\ntick_ms = 100\n");
+    let agent = Agent::start(
+        "cloudevents",
+        &[plugin_wasm("example"), guest_wasm("docgen")],
+        &config,
+    );
+    agent.wait_state("example", "running", Duration::from_secs(20));
+    let (status, mut reader) = cloud_watch(agent.addr, r#"{"filters": {"tracer_name": "^exa"}}"#);
+    assert_eq!(status, 200);
+    let mut events = Vec::new();
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.len() < 3 && Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if let Some(data) = line.trim_end().strip_prefix("data:") {
+            events.push(serde_json::from_str::<Value>(data.trim()).expect("a CloudEvent"));
+        }
+    }
+    assert_eq!(events.len(), 3, "{events:?}");
+    for event in &events {
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["type"], "tech.huatuo.kernel.event");
+        assert_eq!(
+            event["data"]["tracer_name"], "example",
+            "only what the regex admits"
+        );
+        assert_eq!(event["data"]["tracer_run_type"], "autotracing");
+        assert!(event["data"].get("tracer_data").is_none());
+        assert!(event["source"].as_str().unwrap_or("").ends_with("/example"));
+    }
+    let (bad, _) = cloud_watch(agent.addr, r#"{"filters": {"hostname": "("}}"#);
+    assert_eq!(bad, 400);
+    // 100 clients at most: the first one above is one of them.
+    let mut held = Vec::new();
+    for _ in 0..99 {
+        let (status, reader) = cloud_watch(agent.addr, "");
+        assert_eq!(status, 200);
+        held.push(reader);
+    }
+    let (over, _) = cloud_watch(agent.addr, "");
+    assert_eq!(over, 429);
+    drop(held);
+    drop(reader);
+    // Slots come back once the clients are gone (the server notices on its next write).
+    kpulse_integration_tests::wait_for(Duration::from_secs(10), "a free slot", || {
+        (cloud_watch(agent.addr, "").0 == 200).then_some(())
+    });
+}

@@ -16,6 +16,7 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+mod cloudevents;
 pub mod requests;
 mod status;
 mod tracers;
@@ -286,6 +287,8 @@ pub fn routes(
         .or(containers_json)
         .unify()
         .or(watch::route(state.clone()))
+        .unify()
+        .or(cloudevents::route(state.clone()))
         .unify()
         .or(tracers::routes(state.clone()))
         .unify()

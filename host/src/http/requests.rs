@@ -88,6 +88,7 @@ pub fn route(path: &str) -> &'static str {
         ["status"] => "/status",
         ["events"] => "/events",
         ["events", "watch"] => "/events/watch",
+        ["v1", "events", "watch"] => "/v1/events/watch",
         ["plugins"] => "/plugins",
         ["plugins", _, _] => "/plugins/{name}/{action}",
         ["tracers"] => "/tracers",
