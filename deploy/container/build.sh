@@ -19,7 +19,8 @@
 #
 # Idempotent: the tar is reproducible (sorted names, fixed mtime and owners) and its sha256 is
 # stored in the image's label io.kpulse.rootfs-sha256; when kpulse:<version> already carries
-# the same digest, nothing is imported. The run command is in deploy/container/README.md.
+# the same digest, nothing is imported; a replaced image is removed once untagged. The run
+# command is in deploy/container/README.md.
 #
 # Environment: DOCKER_HOST (which daemon, as for the docker CLI), DOCKER (the client binary,
 # default `docker`), KPULSE_BIN (default target/release/kpulse), KPULSE_PLUGINS (default
@@ -75,6 +76,7 @@ digest="$(sha256sum "$tarball" | awk '{print $1}')"
 
 current="$("$docker_cli" image inspect --format '{{ index .Config.Labels "io.kpulse.rootfs-sha256" }}' \
     "$image:$version" 2>/dev/null || true)"
+previous="$("$docker_cli" image inspect --format '{{ .Id }}' "$image:$version" 2>/dev/null || true)"
 if [ "$current" = "$digest" ]; then
     echo "$image:$version is up to date (rootfs $digest)" >&2
 else
@@ -90,4 +92,8 @@ else
     echo "imported $image:$version (rootfs $digest)" >&2
 fi
 "$docker_cli" tag "$image:$version" "$image:latest"
+# The image this one replaced, now untagged (kept if a container still uses it).
+if [ -n "$previous" ] && [ "$current" != "$digest" ]; then
+    "$docker_cli" rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "$image:$version"
