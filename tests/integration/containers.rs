@@ -166,7 +166,12 @@ fn a_docker_container_has_its_name_image_and_labels() {
 #[test]
 fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
     let runtimes = Runtimes::get();
-    let agent = Agent::start("containers-cri", &[], &runtimes.agent_config(""));
+    let agent = Agent::start(
+        "containers-cri",
+        &[plugin_wasm("oom"), guest_wasm("containers_probe")],
+        &runtimes.agent_config(""),
+    );
+    agent.wait_state("oom", "running", Duration::from_secs(20));
     let pid = std::process::id();
     let uid = format!("0b8c6a5e-1f2d-4c3b-9a8e-{pid:012}");
     let pod_name = format!("kp-pod-{pid}");
@@ -218,6 +223,64 @@ fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
         "no OCI hostname: the pod's name"
     );
     assert_eq!(ours["type"], "normal");
+
+    // Metrics: the pod's identity in HUATUO's container labels.
+    let metrics = wait_for(
+        Duration::from_secs(10),
+        "the pod container's samples",
+        || {
+            let metrics = agent.metrics();
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("kpulse_containers_probe_container_up{")
+                        && l.contains(&format!("container_host=\"{pod_name}\""))
+                        && l.contains("container_name=\"app\"")
+                })
+                .map(str::to_owned)
+        },
+    );
+    assert!(metrics.contains("container_name=\"app\""), "{metrics}");
+    assert!(
+        metrics.contains("container_level=\"burstable\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("container_hostnamespace=\"shop\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("container_label_role=\"worker\""),
+        "{metrics}"
+    );
+
+    // Documents: a container of the pod OOMs under its limit.
+    let hog = pod.add_container(
+        &agent.dir,
+        "hog",
+        "sleep 1; a=x; while :; do a=\"$a$a\"; done",
+        33_554_432,
+    );
+    let doc = wait_for(
+        Duration::from_secs(30),
+        "the pod container's OOM document",
+        || {
+            let docs = agent.get("/events?tracer=oom&limit=100").json();
+            docs.as_array()?
+                .iter()
+                .find(|d| d["container_id"] == hog.as_str())
+                .cloned()
+        },
+    );
+    assert_eq!(doc["container_name"], "hog");
+    assert_eq!(doc["pod_name"], pod_name.as_str());
+    assert_eq!(doc["container_host_namespace"], "shop");
+    assert_eq!(doc["container_qos"], "burstable");
+    assert_eq!(doc["container_hostname"], pod_name.as_str());
+    assert_eq!(
+        doc["container_image"],
+        runtimes.var("KPULSE_TEST_CRI_IMAGE").as_str()
+    );
 }
 
 #[test]

@@ -191,6 +191,7 @@ impl Runtimes {
             sandbox,
             container: container_id,
             cgroup_parent: format!("/kubepods/burstable/pod{uid}"),
+            pod_config: pod,
         }
     }
 }
@@ -278,6 +279,31 @@ pub struct CriPod {
     pub sandbox: String,
     pub container: String,
     pub cgroup_parent: String,
+    pod_config: String,
+}
+
+impl CriPod {
+    /// Starts one more container `name` in the pod running `script`, with a memory limit
+    /// (bytes, 0 for none); returns its id.
+    pub fn add_container(&self, dir: &Path, name: &str, script: &str, memory_limit: u64) -> String {
+        let config = serde_json::json!({
+            "metadata": {"name": name, "attempt": 0},
+            "image": {"image": self.runtimes.var("KPULSE_TEST_CRI_IMAGE")},
+            "command": ["/bin/sh", "-c", script],
+            "linux": {
+                "resources": {"memory_limit_in_bytes": memory_limit},
+                "security_context": {"namespace_options": {"network": 2}}
+            }
+        });
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).expect("write container config");
+        let path = path.display().to_string();
+        let id = self
+            .runtimes
+            .crictl(&["create", &self.sandbox, &path, &self.pod_config]);
+        self.runtimes.crictl(&["start", &id]);
+        id
+    }
 }
 
 impl Drop for CriPod {
