@@ -176,7 +176,7 @@ fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
     let uid = format!("0b8c6a5e-1f2d-4c3b-9a8e-{pid:012}");
     let pod_name = format!("kp-pod-{pid}");
     let pod = runtimes.cri_pod(&agent.dir, &pod_name, "shop", &uid);
-    let app = wait_for(Duration::from_secs(20), "the pod's container", || {
+    let app = wait_for(Duration::from_secs(60), "the pod's container", || {
         find(&agent, &pod.container).filter(|c| c["state"] == "running")
     });
     assert_eq!(app["runtime"], "containerd");
@@ -226,7 +226,7 @@ fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
 
     // Metrics: the pod's identity in HUATUO's container labels.
     let metrics = wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the pod container's samples",
         || {
             let metrics = agent.metrics();
@@ -262,7 +262,7 @@ fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
         33_554_432,
     );
     let doc = wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the pod container's OOM document",
         || {
             let docs = agent.get("/events?tracer=oom&limit=100").json();

@@ -302,59 +302,50 @@ impl Registry {
     fn watch_runtimes(&self) {
         let timeout = Duration::from_millis(self.inner.config.api_timeout_ms);
         for socket in &self.inner.config.containerd_sockets {
-            let inner = self.inner.clone();
             let client = containerd::Client::new(socket.clone(), timeout);
-            tokio::spawn(async move {
-                let backoff =
-                    crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-                let mut attempt = 0u32;
-                loop {
-                    let (tx, mut rx) = mpsc::channel::<containerd::Event>(256);
-                    let wake = inner.clone();
-                    let forward = tokio::spawn(async move {
-                        while rx.recv().await.is_some() {
-                            wake.wake.notify_one();
-                        }
-                    });
-                    let subscribed_at = Instant::now();
-                    let _ = client.subscribe(tx).await;
-                    forward.abort();
-                    // A stream that lived a while was healthy: start the back-off afresh.
-                    if subscribed_at.elapsed() > Duration::from_secs(60) {
-                        attempt = 0;
-                    }
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                    inner.wake.notify_one();
-                }
-            });
+            tokio::spawn(follow_events(self.inner.clone(), move |tx| {
+                let client = client.clone();
+                async move { client.subscribe(tx).await.map_err(drop) }
+            }));
         }
         if !self.inner.config.docker_socket.as_os_str().is_empty() {
-            let inner = self.inner.clone();
             let client = docker::Client::new(self.inner.config.docker_socket.clone(), timeout);
-            tokio::spawn(async move {
-                let backoff =
-                    crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-                let mut attempt = 0u32;
-                loop {
-                    let (tx, mut rx) = mpsc::channel::<docker::DockerEvent>(256);
-                    let wake = inner.clone();
-                    let forward = tokio::spawn(async move {
-                        while rx.recv().await.is_some() {
-                            wake.wake.notify_one();
-                        }
-                    });
-                    let subscribed_at = Instant::now();
-                    let _ = client.events(tx).await;
-                    forward.abort();
-                    if subscribed_at.elapsed() > Duration::from_secs(60) {
-                        attempt = 0;
-                    }
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            });
+            tokio::spawn(follow_events(self.inner.clone(), move |tx| {
+                let client = client.clone();
+                async move { client.events(tx).await.map_err(drop) }
+            }));
         }
+    }
+}
+
+/// Follows one runtime's event stream forever: every event wakes discovery; a stream that
+/// ends or fails is reopened with back-off (afresh after a stream that lived a minute), and
+/// discovery runs once more in case something was missed meanwhile.
+async fn follow_events<E, F, Fut>(inner: Arc<Inner>, mut subscribe: F)
+where
+    E: Send + 'static,
+    F: FnMut(mpsc::Sender<E>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ()>>,
+{
+    let backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut attempt = 0u32;
+    loop {
+        let (tx, mut rx) = mpsc::channel::<E>(256);
+        let wake = inner.clone();
+        let forward = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                wake.wake.notify_one();
+            }
+        });
+        let subscribed_at = Instant::now();
+        let _ = subscribe(tx).await;
+        forward.abort();
+        if subscribed_at.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
+        inner.wake.notify_one();
     }
 }
 
