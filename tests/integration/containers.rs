@@ -258,8 +258,15 @@ fn a_cri_pod_carries_pod_name_namespace_uid_labels_and_qos() {
     let hog = pod.add_container(
         &agent.dir,
         "hog",
-        "sleep 1; a=x; while :; do a=\"$a$a\"; done",
+        // Time for its CRI metadata to reach the registry first (a document saved in a
+        // container's first moments may carry only what its cgroup path tells).
+        "sleep 5; a=x; while :; do a=\"$a$a\"; done",
         33_554_432,
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the hog named by its CRI metadata",
+        || find(&agent, &hog).filter(|c| c["name"] == "hog"),
     );
     let doc = wait_for(
         Duration::from_secs(60),
