@@ -178,7 +178,19 @@ impl Table {
                     continue;
                 }
                 None => {
-                    let (prefix, container) = from_path(path, seen, namespaces);
+                    let (prefix, mut container) = from_path(path, seen, namespaces);
+                    // A runtime container whose task just ended while its cgroup lingers
+                    // (an OOM kill): keep what the runtime told, not the path's guess, so
+                    // the events of its last moments still carry its name and pod.
+                    if let Some(old) = self.get(&container.id)
+                        && old.cgroup_path == container.cgroup_path
+                        && old.sources.iter().any(|s| *s != "cgroupfs")
+                    {
+                        container = Container {
+                            state: State::Running,
+                            ..(**old).clone()
+                        };
+                    }
                     let index = built.len();
                     by_path.insert(prefix, index);
                     built.push(container);
