@@ -47,6 +47,8 @@ workspace_crates() {
 
 build_all() {
     ensure_bpf_toolchain
+    # The host embeds its own BPF object (ebpf/build/profile.bpf.o, the profiler's sampler).
+    make -s -C ebpf
     cargo build --release -p kpulse
     scripts/build-plugins.sh
 }

@@ -66,6 +66,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let containers =
         crate::containers::Registry::start(config.containers.clone(), metrics.containers.clone())
             .await;
+    let profiler = crate::profiler::Profiler::new(config.profiler.clone(), containers.clone());
     let services = Arc::new(Services {
         fs: FsAccess::open(&config.policy),
         store: store.clone(),
@@ -75,6 +76,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         replay: false,
         metrics: metrics.clone(),
         containers: containers.clone(),
+        profiler: profiler.clone(),
     });
     let manager = Arc::new(PluginManager::new(runtime, services, config.clone()));
 
@@ -103,6 +105,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         containers: containers.clone(),
         watch_dropped,
         http_metrics,
+        profiler,
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -230,6 +230,8 @@ async fn describe_file(
         recorder: None,
         replay: false,
         containers: crate::containers::Registry::empty(Default::default()),
+        // Describing, recording and replaying never profile.
+        profiler: crate::profiler::Profiler::disabled(),
         metrics: crate::metrics::AgentMetrics::new("kpulse"),
     });
     let pre = prepared.pre.clone();
@@ -359,6 +361,8 @@ impl MiniAgent {
             recorder,
             replay,
             containers: crate::containers::Registry::empty(Default::default()),
+            // Describing, recording and replaying never profile.
+            profiler: crate::profiler::Profiler::disabled(),
             metrics: crate::metrics::AgentMetrics::new(&config.metrics.prefix),
         });
         let manager = Arc::new(crate::plugins::PluginManager::new(

@@ -94,6 +94,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub policy: PolicyConfig,
     pub containers: crate::containers::ContainersConfig,
+    pub profiler: crate::profiler::ProfilerConfig,
     /// Per-plugin tables, passed to the plugin's `init` as a JSON object. The keys
     /// `deadline_ms` and `memory_mib` are read (and checked) by the host too.
     #[serde(deserialize_with = "plugin_tables")]
@@ -113,6 +114,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             policy: PolicyConfig::default(),
             containers: crate::containers::ContainersConfig::default(),
+            profiler: crate::profiler::ProfilerConfig::default(),
             plugins: BTreeMap::new(),
         }
     }
@@ -260,10 +262,16 @@ pub struct PolicyConfig {
     /// Plugins allowed to read the container registry (`containers` capability): names,
     /// `sha256:<hex>`, or `*` for every plugin that declares it (the default).
     pub containers_allow: Vec<String>,
+    /// Plugins allowed to start CPU profiles (`profile` capability): names or `sha256:<hex>`.
+    /// The sampler is privileged BPF run by the host; defaults to the built-in profilers.
+    pub profile_allow: Vec<String>,
 }
 
+/// The built-in plugins that profile through the host (`profile` capability).
+pub const BUILTIN_PROFILE_PLUGINS: [&str; 2] = ["cpusys", "cpuidle"];
+
 /// The built-in plugins that use BPF.
-pub const BUILTIN_BPF_PLUGINS: [&str; 7] = [
+pub const BUILTIN_BPF_PLUGINS: [&str; 8] = [
     "softirq",
     "oom",
     "softlockup",
@@ -271,6 +279,7 @@ pub const BUILTIN_BPF_PLUGINS: [&str; 7] = [
     "memreclaim",
     "dropwatch",
     "net_rx_latency",
+    "iotracing",
 ];
 
 impl Default for PolicyConfig {
@@ -288,6 +297,10 @@ impl Default for PolicyConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             containers_allow: vec!["*".to_owned()],
+            profile_allow: BUILTIN_PROFILE_PLUGINS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }

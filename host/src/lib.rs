@@ -21,6 +21,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod plugins;
+pub mod profiler;
 pub mod record;
 pub mod runtime;
 pub mod rxstamp;

@@ -10,11 +10,12 @@ wasmtime::component::bindgen!({
     with: {
         "kpulse:plugin/clock.timer": crate::timers::TimerHandle,
         "kpulse:plugin/bpf.object": crate::bpf::BpfObject,
+        "kpulse:plugin/profiler.session": crate::profiler::Session,
     },
 });
 
 pub use kpulse::plugin::types::{ErrorCode, Kinds, Level, MetricKind, RunType};
-pub use kpulse::plugin::{bpf, clock, containers, fs, host, log, storage, types};
+pub use kpulse::plugin::{bpf, clock, containers, fs, host, log, profiler, storage, types};
 
 /// The contract version this host implements; components built for another are refused.
 pub use crate::build_info::WIT_PACKAGE;

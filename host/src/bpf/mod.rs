@@ -37,7 +37,7 @@ mod sys;
 
 pub use batch::{Batch, SKIP_BIT, count_records, push_record};
 pub use inspect::{EmbeddedObject, embedded_objects};
-pub use kallsyms::symbolize;
+pub use kallsyms::{kernel_symbol, symbolize};
 
 /// Records per batch delivered to a guest.
 pub const MAX_BATCH_RECORDS: usize = 32_768;
@@ -277,11 +277,24 @@ impl Drop for BpfObject {
 impl BpfObject {
     /// Loads ELF bytes with `volatile const` overrides (exact byte images).
     pub fn load(elf: &[u8], globals: &[(String, Vec<u8>)]) -> Result<Self, BpfError> {
+        Self::load_sized(elf, globals, &[])
+    }
+
+    /// [`Self::load`], also resizing maps (`max_entries`) before they are created: the
+    /// host's own objects size their maps from its config (the profiler's stack maps).
+    pub fn load_sized(
+        elf: &[u8],
+        globals: &[(String, Vec<u8>)],
+        max_entries: &[(&str, u32)],
+    ) -> Result<Self, BpfError> {
         let btf = kernel_btf()?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
         for (name, value) in globals {
             loader.override_global(name.as_str(), value.as_slice(), true);
+        }
+        for (name, size) in max_entries {
+            loader.map_max_entries(name, *size);
         }
         let ebpf = loader
             .load(elf)
@@ -651,6 +664,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuArray(d)
         | Map::PerCpuHashMap(d)
         | Map::PerCpuLruHashMap(d)
+        | Map::StackTraceMap(d)
         | Map::RingBuf(d) => Some(d),
         _ => None,
     }

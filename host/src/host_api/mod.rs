@@ -28,6 +28,7 @@ mod containers;
 mod fs;
 mod host;
 mod log;
+mod profiler;
 mod storage;
 
 /// Bytes of guest stderr kept for error reports (panic messages end up here).
@@ -48,6 +49,8 @@ pub struct Services {
     pub metrics: Arc<crate::metrics::AgentMetrics>,
     /// The container registry (`containers` interface, document and metric attribution).
     pub containers: crate::containers::Registry,
+    /// The CPU profiler (`profiler` interface).
+    pub profiler: crate::profiler::Profiler,
 }
 
 /// Who the instance is and what it may do.
@@ -61,6 +64,8 @@ pub struct Identity {
     pub kallsyms: bool,
     /// May read the container registry (`containers`).
     pub containers: bool,
+    /// May start CPU profiles (`profile`, and `policy.profile_allow`).
+    pub profile: bool,
     /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
     pub rx_timestamps: bool,
 }

@@ -333,6 +333,7 @@ impl IncarnationContext {
             bpf: spec.bpf.clone(),
             kallsyms: spec.kallsyms,
             containers: spec.containers,
+            profile: spec.profile,
             rx_timestamps: spec.info.capabilities.iter().any(|c| c == "rx-timestamps"),
         };
         let state = HostState::new(

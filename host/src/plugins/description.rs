@@ -60,7 +60,7 @@ impl Description {
                 !cap.starts_with("read:")
                     && !matches!(
                         cap.as_str(),
-                        "bpf" | "kallsyms" | "rx-timestamps" | "containers"
+                        "bpf" | "kallsyms" | "rx-timestamps" | "containers" | "profile"
                     )
             })
             .cloned()
@@ -83,6 +83,7 @@ pub fn describe_with(
         bpf: Err("describe may not use BPF".to_owned()),
         kallsyms: false,
         containers: false,
+        profile: false,
         rx_timestamps: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));

@@ -32,6 +32,8 @@ pub struct PluginSpec {
     pub kallsyms: bool,
     /// Whether the plugin may read the container registry.
     pub containers: bool,
+    /// Whether the plugin may start CPU profiles.
+    pub profile: bool,
 }
 
 /// A plugin in the table.

@@ -171,6 +171,12 @@ impl PluginManager {
         .is_ok();
         let containers = declares("containers")
             && crate::containers::policy_allows(&policy.containers_allow, &name, &prepared.sha256);
+        let profile = declares("profile")
+            && crate::bpf::policy_allows(&policy.profile_allow, &name, &prepared.sha256, true)
+                .is_ok();
+        if declares("profile") && !profile {
+            tracing::warn!(plugin = %name, "profile not granted: not in policy.profile_allow");
+        }
         if declares("bpf")
             && let Err(reason) = &bpf
         {
@@ -180,6 +186,7 @@ impl PluginManager {
             bpf,
             kallsyms,
             containers,
+            profile,
             grant: self.services.fs.grant(&info.read_prefixes()),
             deadline: Duration::from_millis(self.config.deadline_ms(&name)),
             memory_bytes: self.config.memory_bytes(&name),
