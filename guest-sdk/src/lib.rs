@@ -31,10 +31,12 @@ pub mod bpf;
 pub mod containers;
 pub mod context;
 pub mod error;
+pub mod flame;
 pub mod fs;
 pub mod log;
 pub mod metric;
 pub mod procfs;
+pub mod profiler;
 pub mod records;
 pub mod storage;
 
@@ -159,7 +161,7 @@ pub mod prelude {
     pub use crate::metric::{self, Metric};
     pub use crate::{
         Collector, Config, Context, Error, Plugin, Result, TimerId, Tracing, bpf, containers, fs,
-        log, procfs, storage,
+        log, procfs, profiler, storage,
     };
 }
 
