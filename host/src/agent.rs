@@ -66,7 +66,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let containers =
         crate::containers::Registry::start(config.containers.clone(), metrics.containers.clone())
             .await;
-    let profiler = crate::profiler::Profiler::new(config.profiler.clone(), containers.clone());
+    let profiler = crate::profiler::Profiler::new(
+        config.profiler.clone(),
+        containers.clone(),
+        metrics.profiler.clone(),
+    );
     let services = Arc::new(Services {
         fs: FsAccess::open(&config.policy),
         store: store.clone(),

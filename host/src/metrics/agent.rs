@@ -80,6 +80,8 @@ pub struct AgentMetrics {
     scrape_success: Family<CollectorLabel, Gauge>,
     /// The container registry's families.
     pub containers: crate::containers::ContainerMetrics,
+    /// The CPU profiler's families.
+    pub profiler: crate::profiler::ProfilerMetrics,
     /// Documents lost by live watchers that fell behind.
     pub watch_dropped: Counter,
     /// The HTTP server's request families.
@@ -180,6 +182,7 @@ impl AgentMetrics {
             scrape_success.clone(),
         );
         let containers = crate::containers::ContainerMetrics::register(&mut registry);
+        let profiler = crate::profiler::ProfilerMetrics::register(&mut registry);
         let http = crate::http::requests::HttpMetrics::register(&mut registry);
         let watch_dropped = Counter::default();
         registry.register(
@@ -225,6 +228,7 @@ impl AgentMetrics {
             scrape_success,
             known: Mutex::new(HashSet::new()),
             containers,
+            profiler,
             watch_dropped,
             http,
         })

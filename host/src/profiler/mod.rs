@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::containers::Registry;
 
 pub mod config;
+mod metrics;
 pub mod model;
 pub mod render;
 mod sampler;
@@ -24,6 +25,7 @@ mod symbolize;
 mod target;
 
 pub use config::ProfilerConfig;
+pub use metrics::ProfilerMetrics;
 pub use model::{
     DEFAULT_DURATION_MS, DEFAULT_FREQUENCY_HZ, Frame, FrameKind, Mode, Profile, ProfileError,
     Request, Stack, Target,
@@ -47,6 +49,7 @@ pub struct Profiler {
 struct Inner {
     config: ProfilerConfig,
     registry: Registry,
+    metrics: ProfilerMetrics,
     running: AtomicUsize,
     /// Sessions started, refused busy, failed; for `/metrics`.
     started: AtomicUsize,
@@ -57,11 +60,12 @@ fn clamp_u32(value: u64) -> u32 {
 }
 
 impl Profiler {
-    pub fn new(config: ProfilerConfig, registry: Registry) -> Self {
+    pub fn new(config: ProfilerConfig, registry: Registry, metrics: ProfilerMetrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 registry,
+                metrics,
                 running: AtomicUsize::new(0),
                 started: AtomicUsize::new(0),
             }),
@@ -74,7 +78,11 @@ impl Profiler {
             enabled: false,
             ..ProfilerConfig::default()
         };
-        Self::new(config, Registry::empty(Default::default()))
+        Self::new(
+            config,
+            Registry::empty(Default::default()),
+            ProfilerMetrics::default(),
+        )
     }
 
     pub fn limits(&self) -> Limits {
@@ -98,6 +106,16 @@ impl Profiler {
 
     /// Starts a session now.
     pub fn start(&self, request: Request) -> Result<Session, ProfileError> {
+        let mode = request.mode;
+        let started = self.try_start(request);
+        match &started {
+            Ok(_) => self.inner.metrics.started(mode),
+            Err(err) => self.inner.metrics.refused(err),
+        }
+        started
+    }
+
+    fn try_start(&self, request: Request) -> Result<Session, ProfileError> {
         if !self.inner.config.enabled {
             return Err(ProfileError::NotSupported(
                 "the profiler is off ([profiler] enabled = false)".to_owned(),
@@ -171,6 +189,9 @@ impl Profiler {
                     .map(|raw| symbolize::profile(raw, window.mode, window.frequency_hz));
                 // The heap the symbolizer used (ELF symbol tables) goes back to the system.
                 crate::heap::release_free_heap();
+                slot.0
+                    .metrics
+                    .ended(result.as_ref().map(|p| (p.samples, p.lost)).map_err(|_| ()));
                 drop(slot);
                 let _ = tx.send(result);
             });
@@ -192,6 +213,7 @@ struct Slot(Arc<Inner>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.released();
     }
 }
 

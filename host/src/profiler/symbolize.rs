@@ -93,6 +93,18 @@ fn user_symbols(symbolizer: &Symbolizer, pid: u32, addresses: &[u64]) -> Vec<(St
     }
 }
 
+/// A frame of the BPF machinery that called the sampler: a BPF program (kallsyms lists
+/// them in the `bpf` module, or past the kernel's text, which the table shows as the last
+/// text symbol) or the tracepoint trampoline.
+fn is_sampler_frame(name: &str, module: &str) -> bool {
+    module == "bpf"
+        || name == "_einittext"
+        || name.starts_with("bpf_prog_")
+        || name.starts_with("bpf_trace_run")
+        || name.starts_with("__bpf_trace_")
+        || name.starts_with("__traceiter_")
+}
+
 /// Symbolizes `raw` into a profile.
 pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
     let symbolizer = Symbolizer::new();
@@ -140,11 +152,22 @@ pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
             }
             indexes.push(frames.add(FrameKind::User, name, module, address));
         }
-        for &address in sample.kernel.iter().rev() {
-            let (name, module) = match crate::bpf::kernel_symbol(address) {
-                Some((name, module, _)) => (name.to_owned(), module.to_owned()),
-                None => (format!("0x{address:x}"), String::new()),
-            };
+        let mut kernel: Vec<(u64, String, String)> = sample
+            .kernel
+            .iter()
+            .map(|&address| match crate::bpf::kernel_symbol(address) {
+                Some((name, module, _)) => (address, name.to_owned(), module.to_owned()),
+                None => (address, format!("0x{address:x}"), String::new()),
+            })
+            .collect();
+        // The sampler's own frames (the off-cpu program runs inside sched_switch) are not
+        // the task's: leaf first, drop them.
+        let own = kernel
+            .iter()
+            .take_while(|(_, name, module)| is_sampler_frame(name, module))
+            .count();
+        kernel.drain(..own);
+        for (address, name, module) in kernel.into_iter().rev() {
             indexes.push(frames.add(FrameKind::Kernel, name, module, address));
         }
         let user_truncated = !sample.user.is_empty()
@@ -175,6 +198,15 @@ pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
 mod tests {
     use super::*;
     use crate::profiler::sampler::RawSample;
+
+    #[test]
+    fn the_samplers_own_frames_are_recognised() {
+        assert!(is_sampler_frame("bpf_trace_run4", "vmlinux"));
+        assert!(is_sampler_frame("_einittext", "vmlinux"));
+        assert!(is_sampler_frame("bpf_prog_6deef7357e7b4530_off_cpu", "bpf"));
+        assert!(!is_sampler_frame("__schedule", "vmlinux"));
+        assert!(!is_sampler_frame("ext4_file_write_iter", "ext4"));
+    }
 
     #[test]
     fn this_process_symbolizes_its_own_function_and_frames_are_shared() {

@@ -53,6 +53,9 @@ fn main() {
     if want("containers-memory") {
         containers_memory();
     }
+    if want("profile") {
+        profile();
+    }
     // Not part of "all": four runs per event plugin.
     if args.iter().any(|a| a == "overhead-each") {
         overhead_each();
@@ -1217,5 +1220,105 @@ fn containers_memory() {
         "containers-memory: RSS {before:.1} MiB -> {after:.1} MiB with 1000 more workloads (+{:.2} MiB); all seen {seen_after:?} after the last was made; /containers is {} KiB",
         after - before,
         list_bytes / 1024
+    );
+}
+
+/// One POST with a JSON body; the reply's JSON.
+fn post_json(addr: SocketAddr, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("POST {path}: {raw}"))
+}
+
+/// Iterations of a tight loop in a child process for `window` (a CPU-bound workload whose
+/// throughput the profiler's interrupts would slow down).
+fn spin_child(window: Duration) -> Child {
+    Command::new("perl")
+        .args([
+            "-e",
+            &format!(
+                "use Time::HiRes qw(time); my $n = 0; my $end = time + {}; while (time < $end) {{ $n++ for 1..1000 }} print $n",
+                window.as_secs()
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn iterations(child: Child) -> f64 {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The profiler: overhead on a CPU-bound workload at 99 Hz (paired rounds: the same loop with
+/// and without a host-wide profile running, alternating), the agent's CPU for one 10 s profile
+/// including symbolization, and the time from a session's end to its stored document.
+fn profile() {
+    let agent = Agent::start("bench-profile", &[], "[containers]\nenabled = false\n");
+    let window = Duration::from_secs(4);
+    let rounds = 6;
+    let mut ratios = Vec::new();
+    let mut agent_cpu_ms = Vec::new();
+    let mut to_document_ms = Vec::new();
+    for round in 0..rounds {
+        // Alternate which half goes first, so a drift of the machine hits both alike.
+        let profiled_first = round % 2 == 0;
+        let mut with = 0.0;
+        let mut without = 0.0;
+        for half in 0..2 {
+            let profiled = (half == 0) == profiled_first;
+            if profiled {
+                let cpu_before = proc_cpu_seconds(agent.child.id());
+                let started = Instant::now();
+                let child = spin_child(window);
+                let reply = post_json(
+                    agent.addr,
+                    "/tasks",
+                    &format!(
+                        "{{\"tracer_name\":\"cpu_profile\",\"duration\":{}}}",
+                        window.as_secs()
+                    ),
+                );
+                let id = reply["data"]["task_id"].as_str().unwrap().to_owned();
+                with = iterations(child);
+                let done = wait_for(Duration::from_secs(30), "the profile task", || {
+                    let task = agent.get(&format!("/tasks/{id}")).json();
+                    (task["data"]["status"] == "done").then_some(task)
+                });
+                let elapsed = started.elapsed();
+                to_document_ms.push(elapsed.saturating_sub(window).as_secs_f64() * 1000.0);
+                agent_cpu_ms.push((proc_cpu_seconds(agent.child.id()) - cpu_before) * 1000.0);
+                assert!(done["data"]["data"]["samples"].as_u64().unwrap_or(0) > 0);
+            } else {
+                without = iterations(spin_child(window));
+            }
+        }
+        ratios.push(with / without);
+    }
+    ratios.sort_by(f64::total_cmp);
+    agent_cpu_ms.sort_by(f64::total_cmp);
+    to_document_ms.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| v[v.len() / 2];
+    println!(
+        "profile: 99 Hz host-wide, {}-s windows, {rounds} paired rounds: workload throughput with/without median {:.4} (min {:.4}, max {:.4}) = {:+.2} % ; agent CPU per profile (sampling + read + symbolize + save) median {:.0} ms (max {:.0}); session end -> task done median {:.0} ms (max {:.0}) (polled every 50 ms)",
+        window.as_secs(),
+        median(&ratios),
+        ratios[0],
+        ratios[rounds - 1],
+        (median(&ratios) - 1.0) * 100.0,
+        median(&agent_cpu_ms),
+        agent_cpu_ms[rounds - 1],
+        median(&to_document_ms),
+        to_document_ms[rounds - 1],
     );
 }
