@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a failed step should panic")]
 
+mod autotracing_dload;
+mod autotracing_iotracing;
+mod autotracing_memburst;
 mod bpf;
 mod cli;
 mod config;
@@ -27,6 +30,8 @@ mod metrics_host;
 mod metrics_host2;
 mod opensearch;
 mod opensearch_secure;
+mod profiler_faults;
+mod profiles;
 mod record_replay;
 mod sdk_outside;
 mod security;

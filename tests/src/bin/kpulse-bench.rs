@@ -1223,22 +1223,6 @@ fn containers_memory() {
     );
 }
 
-/// One POST with a JSON body; the reply's JSON.
-fn post_json(addr: SocketAddr, path: &str, body: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|_| panic!("POST {path}: {raw}"))
-}
-
 /// Iterations of a tight loop in a child process for `window` (a CPU-bound workload whose
 /// throughput the profiler's interrupts would slow down).
 fn spin_child(window: Duration) -> Child {
@@ -1281,14 +1265,12 @@ fn profile() {
                 let cpu_before = proc_cpu_seconds(agent.child.id());
                 let started = Instant::now();
                 let child = spin_child(window);
-                let reply = post_json(
-                    agent.addr,
-                    "/tasks",
-                    &format!(
-                        "{{\"tracer_name\":\"cpu_profile\",\"duration\":{}}}",
-                        window.as_secs()
-                    ),
-                );
+                let reply = agent
+                    .post_json(
+                        "/tasks",
+                        &serde_json::json!({"tracer_name": "cpu_profile", "duration": window.as_secs()}),
+                    )
+                    .json();
                 let id = reply["data"]["task_id"].as_str().unwrap().to_owned();
                 with = iterations(child);
                 let done = wait_for(Duration::from_secs(30), "the profile task", || {
