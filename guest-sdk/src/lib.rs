@@ -173,13 +173,14 @@ pub mod prelude {
 ///     name: "psi",
 ///     version: "0.1.0",                  // optional: the crate's Cargo `version`
 ///     interval: 10,                      // optional: 10
-///     kinds: [tracing, metric],
+///     kinds: [tracing, metric],         // optional: [metric]
 ///     capabilities: ["read:/proc/pressure"], // optional: none
 ///     summary: "PSI stall metrics",      // optional: the crate's Cargo `description`
 /// });
 /// ```
 ///
-/// The fields come in this order; `name` and `kinds` are required. The defaults for
+/// The fields come in this order; only `name` is required, and `kinds` defaults to
+/// `[metric]`. The defaults for
 /// `version` and `summary` are read from the Cargo manifest of the crate that invokes the
 /// macro, so the plugin's own `Cargo.toml` is the single place to bump its version.
 ///
@@ -258,6 +259,24 @@ macro_rules! register {
         }
 
         $crate::bindings::__export_plugin_world!(__KpulseAdapter with_types_in $crate::bindings);
+    };
+    // Without `kinds`: a metric collector, the commonest plugin.
+    ($ty:ty {
+        name: $name:expr
+        $(, version: $version:expr)?
+        $(, interval: $interval:expr)?
+        $(, capabilities: [$($cap:expr),* $(,)?])?
+        $(, summary: $summary:expr)?
+        $(,)?
+    }) => {
+        $crate::register!($ty {
+            name: $name,
+            $(version: $version,)?
+            $(interval: $interval,)?
+            kinds: [metric]
+            $(, capabilities: [$($cap),*])?
+            $(, summary: $summary)?
+        });
     };
 }
 

@@ -13,11 +13,7 @@ const LIB_RS: &str = r#"use kpulse_sdk::prelude::*;
 #[derive(Default)]
 struct OutsideMinimal;
 
-kpulse_sdk::register!(OutsideMinimal {
-    name: "outside_minimal",
-    kinds: [metric],
-    capabilities: ["read:/proc/loadavg"],
-});
+kpulse_sdk::register! { OutsideMinimal { name: "outside_minimal", capabilities: ["read:/proc/loadavg"] } }
 
 impl Collector for OutsideMinimal {
     fn update(&mut self) -> Result<Vec<Metric>> {
@@ -147,5 +143,22 @@ fn plugin_crate_outside_the_tree_builds_validates_and_loads() {
     assert!(
         metrics.contains("# HELP kpulse_outside_minimal_load1 Load average, 1 min."),
         "{metrics}"
+    );
+}
+
+/// The guide's promise (issue 8's target): a one-gauge metric plugin in at most 15 lines of
+/// Rust beside its `Cargo.toml`, and the one in the tree is the one the guide shows.
+#[test]
+fn the_smallest_plugin_is_at_most_15_lines_and_the_guide_shows_it() {
+    let source = std::fs::read_to_string(root().join("tests/guests/minimal/src/lib.rs")).unwrap();
+    let lines = source.lines().count();
+    assert!(
+        lines <= 15,
+        "tests/guests/minimal/src/lib.rs has {lines} lines"
+    );
+    let guide = std::fs::read_to_string(root().join("docs/plugin-guide.md")).unwrap();
+    assert!(
+        guide.contains(&source),
+        "docs/plugin-guide.md shows tests/guests/minimal/src/lib.rs verbatim"
     );
 }

@@ -3,11 +3,7 @@ use kpulse_sdk::prelude::*;
 #[derive(Default)]
 struct Minimal;
 
-kpulse_sdk::register!(Minimal {
-    name: "minimal",
-    kinds: [metric],
-    capabilities: ["read:/proc/loadavg"],
-});
+kpulse_sdk::register! { Minimal { name: "minimal", capabilities: ["read:/proc/loadavg"] } }
 
 impl Collector for Minimal {
     fn update(&mut self) -> Result<Vec<Metric>> {
