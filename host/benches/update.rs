@@ -64,6 +64,7 @@ fn main() {
         replay: false,
         metrics: kpulse::metrics::AgentMetrics::new("kpulse"),
         containers: kpulse::containers::Registry::empty(Default::default()),
+        profiler: kpulse::profiler::Profiler::disabled(),
     });
     let runtime = Runtime::new(None).unwrap();
     let prepared = runtime.prepare(&plugin, &wasm).unwrap();
@@ -86,6 +87,7 @@ fn main() {
         bpf: Err("bench".to_owned()),
         kallsyms: false,
         containers: false,
+        profile: false,
         rx_timestamps: false,
     };
     let mut wasm_store = runtime.store(HostState::new(identity, services.clone(), 64 << 20, None));

@@ -204,6 +204,7 @@ fn decode_key(bytes: &[u8]) -> Option<Key> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

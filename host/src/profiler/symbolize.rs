@@ -182,7 +182,7 @@ pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
             user_truncated,
         });
     }
-    stacks.sort_by(|a, b| b.value.cmp(&a.value));
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.value));
     Profile {
         frames: frames.frames,
         stacks,
@@ -195,6 +195,7 @@ pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use crate::profiler::sampler::RawSample;

@@ -121,6 +121,7 @@ fn find_level(root: &Path, id: u64) -> Option<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
