@@ -41,6 +41,20 @@
  *     maps: events (RINGBUF 256K), stats
  *  sched_switch.bpf.o   sched_switch      tp_btf      sched_switch (BtfTracePoint, benchmark only)
  *     maps: events (RINGBUF 4M), stats
+ *  iotracing.bpf.o      iot_bio_queue     tp_btf      block_bio_queue
+ *                       iot_rq_issue      tp_btf      block_rq_issue
+ *                       iot_rq_complete   tp_btf      block_rq_complete
+ *                       iot_dio_begin     tp_btf      iomap_dio_rw_begin
+ *                       iot_dio_complete  tp_btf      iomap_dio_complete
+ *                       iot_ext4_da_write tp_btf      ext4_da_write_begin (optional)
+ *                       iot_ext4_write    tp_btf      ext4_write_begin (optional)
+ *                       iot_filemap_read  tp_btf      mm_filemap_get_pages
+ *                       iot_sched_switch  tp_btf      sched_switch
+ *     maps: events (RINGBUF 256K, KP_EV_IOSCHED), file_stats (HASH struct
+ *           kp_iot_file_key -> struct kp_iot_file_stat), file_paths (HASH
+ *           struct kp_iot_file_key -> struct kp_iot_path), bio_start (LRU bio ->
+ *           struct kp_iot_bio), rq_issue (LRU request -> u64 ns), cur_file,
+ *           io_sleep, ratelimit, stats; attached only while capturing
  *
  *  Common maps:
  *    events    BPF_MAP_TYPE_RINGBUF; records below; adaptive wakeup (see
@@ -88,6 +102,7 @@ enum kp_event_kind {
 	KP_EV_NET_RX_LATENCY = 6,
 	KP_EV_SOFTLOCKUP     = 7,
 	KP_EV_SCHED_SWITCH   = 8,
+	KP_EV_IOSCHED        = 9,
 };
 
 /* Index into the per-CPU `stats` map of every object. */
@@ -283,6 +298,90 @@ struct kp_reclaim_start {
 	__u32 source;    /* enum kp_reclaim_source */
 };
 
+/* ---- iotracing.bpf.o : KP_EV_IOSCHED (328 bytes) + map values ----------- */
+#define KP_IOT_PATH_DEPTH 4  /* dentry names kept per file, innermost first */
+#define KP_IOT_NAME_LEN   48 /* bytes per dentry name, NUL terminated */
+#define KP_IOT_F_DIRECT   (1u << 0) /* some fs IO of the file went through iomap direct IO */
+
+/* A thread that slept in io_schedule() (task->in_iowait) at least
+ * sched_threshold_ns, emitted when it is switched back in. */
+struct kp_iosched_event {
+	struct kp_event_header hdr; /*   0: the task that slept (`next` at the
+	                             *      switch-in), not current; cpu = the CPU
+	                             *      it is switched in on */
+	__u64 latency_ns;           /*  48: switch-out in io_schedule -> switch-in, ns */
+	__u64 sleep_ts_ns;          /*  56: CLOCK_MONOTONIC ns of the switch-out */
+	__u32 sleep_cpu;            /*  64: CPU it switched out on */
+	__u32 stack_depth;          /*  68: valid entries in stack[] */
+	__u64 stack[KP_STACK_DEPTH]; /* 72: its kernel stack at the switch-out (scheduler
+	                             *     and tracing frames included), innermost first */
+};
+
+/* Key of the HASH maps file_stats and file_paths (tgid 0 in file_paths). */
+struct kp_iot_file_key {
+	__u32 tgid;                 /*  0: process id (kernel tgid) */
+	__u32 dev;                  /*  4: kernel dev_t (major << 20 | minor) of the
+	                             *     file's filesystem (inode->i_sb->s_dev), or of
+	                             *     the disk when ino == 0 */
+	__u64 ino;                  /*  8: inode number; 0 = disk IO of no known file */
+};
+
+/* Value of file_stats: one process's IO on one file during a capture. */
+struct kp_iot_file_stat {
+	char  comm[KP_COMM_LEN];    /*   0: comm of the thread that created the entry */
+	__u64 fs_read_bytes;        /*  16: bytes asked of the filesystem to read */
+	__u64 fs_write_bytes;       /*  24: bytes asked of the filesystem to write */
+	__u64 disk_read_bytes;      /*  32: bytes of completed read requests */
+	__u64 disk_write_bytes;     /*  40: bytes of completed write requests */
+	__u64 q2c_sum_ns;           /*  48: sum of bio queued -> request completed, ns */
+	__u64 d2c_sum_ns;           /*  56: sum of request issued -> completed, ns */
+	__u64 max_q2c_ns;           /*  64: largest q2c, ns */
+	__u64 max_d2c_ns;           /*  72: largest d2c, ns */
+	__u64 nr_q2c;               /*  80: completions in q2c_sum_ns */
+	__u64 nr_d2c;               /*  88: completions in d2c_sum_ns */
+	__u32 disk_dev;             /*  96: dev_t of the disk (partition) of the last
+	                             *      completed request; 0 if none */
+	__u32 flags;                /* 100: KP_IOT_F_* */
+};
+
+/* Value of bio_start (LRU HASH, key = struct bio address): who queued a bio. */
+struct kp_iot_bio {
+	__u64 ts_ns;                /*  0: CLOCK_MONOTONIC ns at block_bio_queue */
+	__u64 ino;                  /*  8: file (struct kp_iot_file_key.ino) */
+	__u32 tgid;                 /* 16: submitter's process id */
+	__u32 dev;                  /* 20: struct kp_iot_file_key.dev */
+	char  comm[KP_COMM_LEN];    /* 24: submitter's comm */
+	__u32 flags;                /* 40: KP_IOT_F_* */
+	__u32 _pad0;                /* 44: zero */
+};
+
+/* Value of cur_file (HASH, key = thread id): the file of the direct IO the
+ * thread is submitting (iomap_dio_rw_begin .. iomap_dio_complete). */
+struct kp_iot_cur_file {
+	__u64 ino;                  /*  0: inode number */
+	__u32 dev;                  /*  8: dev_t of its filesystem */
+	__u32 flags;                /* 12: KP_IOT_F_* */
+};
+
+/* Value of io_sleep (LRU HASH, key = thread id): a pending io_schedule() sleep.
+ * The stack is taken at the switch-out, from current: a sleeping task's own
+ * saved stack (bpf_get_task_stack) leaves out the scheduler functions,
+ * io_schedule() among them. */
+struct kp_iot_sleep {
+	__u64 ts_ns;                /*  0: CLOCK_MONOTONIC ns of the switch-out */
+	__u32 cpu;                  /*  8: CPU it switched out on */
+	__u32 stack_depth;          /* 12: valid entries in stack[] */
+	__u64 stack[KP_STACK_DEPTH]; /* 16: kernel stack at the switch-out, innermost first */
+};
+
+/* Value of file_paths: a file's dentry names, innermost first. */
+struct kp_iot_path {
+	__u32 depth;                /*  0: names filled in name[] */
+	__u32 complete;             /*  4: 1 if the walk reached the root of the
+	                             *     file's filesystem (the path is whole) */
+	char  name[KP_IOT_PATH_DEPTH][KP_IOT_NAME_LEN]; /* 8: NUL terminated each */
+};
+
 /* ---- layout pins ---------------------------------------------------------- */
 #define KP_ASSERT_SIZE(t, n) _Static_assert(sizeof(struct t) == (n), #t " size")
 #define KP_ASSERT_OFF(t, f, n) \
@@ -308,5 +407,14 @@ KP_ASSERT_OFF(kp_softlockup_event, stack, 184);
 KP_ASSERT_SIZE(kp_sched_switch_event, 56);
 KP_ASSERT_SIZE(kp_ratelimit_state, 16);
 KP_ASSERT_SIZE(kp_reclaim_start, 24);
+KP_ASSERT_SIZE(kp_iosched_event, 328);
+KP_ASSERT_OFF(kp_iosched_event, stack, 72);
+KP_ASSERT_SIZE(kp_iot_file_key, 16);
+KP_ASSERT_SIZE(kp_iot_file_stat, 104);
+KP_ASSERT_OFF(kp_iot_file_stat, disk_dev, 96);
+KP_ASSERT_SIZE(kp_iot_bio, 48);
+KP_ASSERT_SIZE(kp_iot_cur_file, 16);
+KP_ASSERT_SIZE(kp_iot_sleep, 272);
+KP_ASSERT_SIZE(kp_iot_path, 200);
 
 #endif /* KPULSE_EVENTS_H */

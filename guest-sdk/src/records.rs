@@ -42,6 +42,8 @@ pub const KP_EV_NET_RX_LATENCY: u32 = 6;
 pub const KP_EV_SOFTLOCKUP: u32 = 7;
 /// `enum kp_event_kind`.
 pub const KP_EV_SCHED_SWITCH: u32 = 8;
+/// `enum kp_event_kind`.
+pub const KP_EV_IOSCHED: u32 = 9;
 
 /// `enum kp_stat`: records submitted to `events`.
 pub const KP_STAT_EMITTED: u32 = 0;
@@ -83,6 +85,12 @@ pub const KP_ABI_VERSION: u32 = 1;
 pub const KP_COMM_LEN: u32 = 16;
 /// `#define KP_IFNAME_LEN 16`.
 pub const KP_IFNAME_LEN: u32 = 16;
+/// `#define KP_IOT_F_DIRECT (1u << 0)`: some fs IO of the file went through iomap direct IO.
+pub const KP_IOT_F_DIRECT: u32 = 1;
+/// `#define KP_IOT_NAME_LEN 48`: bytes per dentry name, NUL terminated.
+pub const KP_IOT_NAME_LEN: u32 = 48;
+/// `#define KP_IOT_PATH_DEPTH 4`: dentry names kept per file, innermost first.
+pub const KP_IOT_PATH_DEPTH: u32 = 4;
 /// `#define KP_MSG_LEN 128`: printk excerpt bytes.
 pub const KP_MSG_LEN: u32 = 128;
 /// `#define KP_NR_SOFTIRQS 10`.
@@ -993,6 +1001,518 @@ impl ReclaimStart {
 }
 
 impl Default for ReclaimStart {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iosched_event`, 328 bytes.
+///
+/// A thread that slept in io_schedule() (task->in_iowait) at least
+/// sched_threshold_ns, emitted when it is switched back in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IoschedEvent {
+    /// `struct kp_event_header hdr` at byte 0: the task that slept (`next` at the switch-in),
+    /// not current; cpu = the CPU it is switched in on.
+    pub hdr: EventHeader,
+    /// `__u64 latency_ns` at byte 48: switch-out in io_schedule -> switch-in, ns.
+    pub latency_ns: u64,
+    /// `__u64 sleep_ts_ns` at byte 56: CLOCK_MONOTONIC ns of the switch-out.
+    pub sleep_ts_ns: u64,
+    /// `__u32 sleep_cpu` at byte 64: CPU it switched out on.
+    pub sleep_cpu: u32,
+    /// `__u32 stack_depth` at byte 68: valid entries in stack[].
+    pub stack_depth: u32,
+    /// `__u64 stack[32]` at bytes 72..328: its kernel stack at the switch-out (scheduler and
+    /// tracing frames included), innermost first.
+    pub stack: [u64; 32],
+}
+
+impl IoschedEvent {
+    /// `sizeof(struct kp_iosched_event)`.
+    pub const SIZE: usize = 328;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            latency_ns: u64::from_le_bytes(take(b, at + 48)),
+            sleep_ts_ns: u64::from_le_bytes(take(b, at + 56)),
+            sleep_cpu: u32::from_le_bytes(take(b, at + 64)),
+            stack_depth: u32::from_le_bytes(take(b, at + 68)),
+            stack: core::array::from_fn(|i0| u64::from_le_bytes(take(b, at + 72 + i0 * 8))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.latency_ns.to_le_bytes());
+        put(out, at + 56, &self.sleep_ts_ns.to_le_bytes());
+        put(out, at + 64, &self.sleep_cpu.to_le_bytes());
+        put(out, at + 68, &self.stack_depth.to_le_bytes());
+        for (i0, v0) in self.stack.iter().enumerate() {
+            put(out, at + 72 + i0 * 8, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for IoschedEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_file_key`, 16 bytes.
+///
+/// Key of the HASH maps file_stats and file_paths (tgid 0 in file_paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotFileKey {
+    /// `__u32 tgid` at byte 0: process id (kernel tgid).
+    pub tgid: u32,
+    /// `__u32 dev` at byte 4: kernel dev_t (major << 20 | minor) of the file's filesystem
+    /// (inode->i_sb->s_dev), or of the disk when ino == 0.
+    pub dev: u32,
+    /// `__u64 ino` at byte 8: inode number; 0 = disk IO of no known file.
+    pub ino: u64,
+}
+
+impl IotFileKey {
+    /// `sizeof(struct kp_iot_file_key)`.
+    pub const SIZE: usize = 16;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            tgid: u32::from_le_bytes(take(b, at)),
+            dev: u32::from_le_bytes(take(b, at + 4)),
+            ino: u64::from_le_bytes(take(b, at + 8)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        put(out, at, &self.tgid.to_le_bytes());
+        put(out, at + 4, &self.dev.to_le_bytes());
+        put(out, at + 8, &self.ino.to_le_bytes());
+    }
+}
+
+impl Default for IotFileKey {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_file_stat`, 104 bytes.
+///
+/// Value of file_stats: one process's IO on one file during a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotFileStat {
+    /// `char comm[16]` at bytes 0..16: comm of the thread that created the entry.
+    pub comm: [u8; 16],
+    /// `__u64 fs_read_bytes` at byte 16: bytes asked of the filesystem to read.
+    pub fs_read_bytes: u64,
+    /// `__u64 fs_write_bytes` at byte 24: bytes asked of the filesystem to write.
+    pub fs_write_bytes: u64,
+    /// `__u64 disk_read_bytes` at byte 32: bytes of completed read requests.
+    pub disk_read_bytes: u64,
+    /// `__u64 disk_write_bytes` at byte 40: bytes of completed write requests.
+    pub disk_write_bytes: u64,
+    /// `__u64 q2c_sum_ns` at byte 48: sum of bio queued -> request completed, ns.
+    pub q2c_sum_ns: u64,
+    /// `__u64 d2c_sum_ns` at byte 56: sum of request issued -> completed, ns.
+    pub d2c_sum_ns: u64,
+    /// `__u64 max_q2c_ns` at byte 64: largest q2c, ns.
+    pub max_q2c_ns: u64,
+    /// `__u64 max_d2c_ns` at byte 72: largest d2c, ns.
+    pub max_d2c_ns: u64,
+    /// `__u64 nr_q2c` at byte 80: completions in q2c_sum_ns.
+    pub nr_q2c: u64,
+    /// `__u64 nr_d2c` at byte 88: completions in d2c_sum_ns.
+    pub nr_d2c: u64,
+    /// `__u32 disk_dev` at byte 96: dev_t of the disk (partition) of the last completed
+    /// request; 0 if none.
+    pub disk_dev: u32,
+    /// `__u32 flags` at byte 100: KP_IOT_F_*.
+    pub flags: u32,
+}
+
+impl IotFileStat {
+    /// `sizeof(struct kp_iot_file_stat)`.
+    pub const SIZE: usize = 104;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `comm` up to its first NUL (lossy UTF-8).
+    pub fn comm_str(&self) -> String {
+        c_str(&self.comm)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            comm: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + i0))),
+            fs_read_bytes: u64::from_le_bytes(take(b, at + 16)),
+            fs_write_bytes: u64::from_le_bytes(take(b, at + 24)),
+            disk_read_bytes: u64::from_le_bytes(take(b, at + 32)),
+            disk_write_bytes: u64::from_le_bytes(take(b, at + 40)),
+            q2c_sum_ns: u64::from_le_bytes(take(b, at + 48)),
+            d2c_sum_ns: u64::from_le_bytes(take(b, at + 56)),
+            max_q2c_ns: u64::from_le_bytes(take(b, at + 64)),
+            max_d2c_ns: u64::from_le_bytes(take(b, at + 72)),
+            nr_q2c: u64::from_le_bytes(take(b, at + 80)),
+            nr_d2c: u64::from_le_bytes(take(b, at + 88)),
+            disk_dev: u32::from_le_bytes(take(b, at + 96)),
+            flags: u32::from_le_bytes(take(b, at + 100)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        for (i0, v0) in self.comm.iter().enumerate() {
+            put(out, at + i0, &v0.to_le_bytes());
+        }
+        put(out, at + 16, &self.fs_read_bytes.to_le_bytes());
+        put(out, at + 24, &self.fs_write_bytes.to_le_bytes());
+        put(out, at + 32, &self.disk_read_bytes.to_le_bytes());
+        put(out, at + 40, &self.disk_write_bytes.to_le_bytes());
+        put(out, at + 48, &self.q2c_sum_ns.to_le_bytes());
+        put(out, at + 56, &self.d2c_sum_ns.to_le_bytes());
+        put(out, at + 64, &self.max_q2c_ns.to_le_bytes());
+        put(out, at + 72, &self.max_d2c_ns.to_le_bytes());
+        put(out, at + 80, &self.nr_q2c.to_le_bytes());
+        put(out, at + 88, &self.nr_d2c.to_le_bytes());
+        put(out, at + 96, &self.disk_dev.to_le_bytes());
+        put(out, at + 100, &self.flags.to_le_bytes());
+    }
+}
+
+impl Default for IotFileStat {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_bio`, 48 bytes.
+///
+/// Value of bio_start (LRU HASH, key = struct bio address): who queued a bio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotBio {
+    /// `__u64 ts_ns` at byte 0: CLOCK_MONOTONIC ns at block_bio_queue.
+    pub ts_ns: u64,
+    /// `__u64 ino` at byte 8: file (struct kp_iot_file_key.ino).
+    pub ino: u64,
+    /// `__u32 tgid` at byte 16: submitter's process id.
+    pub tgid: u32,
+    /// `__u32 dev` at byte 20: struct kp_iot_file_key.dev.
+    pub dev: u32,
+    /// `char comm[16]` at bytes 24..40: submitter's comm.
+    pub comm: [u8; 16],
+    /// `__u32 flags` at byte 40: KP_IOT_F_*.
+    pub flags: u32,
+    /// `__u32 _pad0` at byte 44: zero.
+    pub _pad0: u32,
+}
+
+impl IotBio {
+    /// `sizeof(struct kp_iot_bio)`.
+    pub const SIZE: usize = 48;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `comm` up to its first NUL (lossy UTF-8).
+    pub fn comm_str(&self) -> String {
+        c_str(&self.comm)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            ts_ns: u64::from_le_bytes(take(b, at)),
+            ino: u64::from_le_bytes(take(b, at + 8)),
+            tgid: u32::from_le_bytes(take(b, at + 16)),
+            dev: u32::from_le_bytes(take(b, at + 20)),
+            comm: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 24 + i0))),
+            flags: u32::from_le_bytes(take(b, at + 40)),
+            _pad0: u32::from_le_bytes(take(b, at + 44)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        put(out, at, &self.ts_ns.to_le_bytes());
+        put(out, at + 8, &self.ino.to_le_bytes());
+        put(out, at + 16, &self.tgid.to_le_bytes());
+        put(out, at + 20, &self.dev.to_le_bytes());
+        for (i0, v0) in self.comm.iter().enumerate() {
+            put(out, at + 24 + i0, &v0.to_le_bytes());
+        }
+        put(out, at + 40, &self.flags.to_le_bytes());
+        put(out, at + 44, &self._pad0.to_le_bytes());
+    }
+}
+
+impl Default for IotBio {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_cur_file`, 16 bytes.
+///
+/// Value of cur_file (HASH, key = thread id): the file of the direct IO the
+/// thread is submitting (iomap_dio_rw_begin .. iomap_dio_complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotCurFile {
+    /// `__u64 ino` at byte 0: inode number.
+    pub ino: u64,
+    /// `__u32 dev` at byte 8: dev_t of its filesystem.
+    pub dev: u32,
+    /// `__u32 flags` at byte 12: KP_IOT_F_*.
+    pub flags: u32,
+}
+
+impl IotCurFile {
+    /// `sizeof(struct kp_iot_cur_file)`.
+    pub const SIZE: usize = 16;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            ino: u64::from_le_bytes(take(b, at)),
+            dev: u32::from_le_bytes(take(b, at + 8)),
+            flags: u32::from_le_bytes(take(b, at + 12)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        put(out, at, &self.ino.to_le_bytes());
+        put(out, at + 8, &self.dev.to_le_bytes());
+        put(out, at + 12, &self.flags.to_le_bytes());
+    }
+}
+
+impl Default for IotCurFile {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_sleep`, 272 bytes.
+///
+/// Value of io_sleep (LRU HASH, key = thread id): a pending io_schedule() sleep.
+/// The stack is taken at the switch-out, from current: a sleeping task's own
+/// saved stack (bpf_get_task_stack) leaves out the scheduler functions,
+/// io_schedule() among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotSleep {
+    /// `__u64 ts_ns` at byte 0: CLOCK_MONOTONIC ns of the switch-out.
+    pub ts_ns: u64,
+    /// `__u32 cpu` at byte 8: CPU it switched out on.
+    pub cpu: u32,
+    /// `__u32 stack_depth` at byte 12: valid entries in stack[].
+    pub stack_depth: u32,
+    /// `__u64 stack[32]` at bytes 16..272: kernel stack at the switch-out, innermost first.
+    pub stack: [u64; 32],
+}
+
+impl IotSleep {
+    /// `sizeof(struct kp_iot_sleep)`.
+    pub const SIZE: usize = 272;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            ts_ns: u64::from_le_bytes(take(b, at)),
+            cpu: u32::from_le_bytes(take(b, at + 8)),
+            stack_depth: u32::from_le_bytes(take(b, at + 12)),
+            stack: core::array::from_fn(|i0| u64::from_le_bytes(take(b, at + 16 + i0 * 8))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        put(out, at, &self.ts_ns.to_le_bytes());
+        put(out, at + 8, &self.cpu.to_le_bytes());
+        put(out, at + 12, &self.stack_depth.to_le_bytes());
+        for (i0, v0) in self.stack.iter().enumerate() {
+            put(out, at + 16 + i0 * 8, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for IotSleep {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_iot_path`, 200 bytes.
+///
+/// Value of file_paths: a file's dentry names, innermost first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IotPath {
+    /// `__u32 depth` at byte 0: names filled in name[].
+    pub depth: u32,
+    /// `__u32 complete` at byte 4: 1 if the walk reached the root of the file's filesystem (the
+    /// path is whole).
+    pub complete: u32,
+    /// `char name[4][48]` at bytes 8..200: NUL terminated each.
+    pub name: [[u8; 48]; 4],
+}
+
+impl IotPath {
+    /// `sizeof(struct kp_iot_path)`.
+    pub const SIZE: usize = 200;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            depth: u32::from_le_bytes(take(b, at)),
+            complete: u32::from_le_bytes(take(b, at + 4)),
+            name: core::array::from_fn(|i0| {
+                core::array::from_fn(|i1| u8::from_le_bytes(take(b, at + 8 + i0 * 48 + i1)))
+            }),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        put(out, at, &self.depth.to_le_bytes());
+        put(out, at + 4, &self.complete.to_le_bytes());
+        for (i0, v0) in self.name.iter().enumerate() {
+            for (i1, v1) in v0.iter().enumerate() {
+                put(out, at + 8 + i0 * 48 + i1, &v1.to_le_bytes());
+            }
+        }
+    }
+}
+
+impl Default for IotPath {
     /// All zeros.
     fn default() -> Self {
         Self::read(&[], 0)
