@@ -95,6 +95,9 @@ pub fn route(path: &str) -> &'static str {
         ["tracers", _, _] => "/tracers/{name}/{action}",
         ["containers"] => "/containers",
         ["containers", "json"] => "/containers/json",
+        ["tasks"] => "/tasks",
+        ["tasks", _] => "/tasks/{id}",
+        ["profiles", _] => "/profiles/{file}",
         _ => "other",
     }
 }
