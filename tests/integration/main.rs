@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a failed step should panic")]
 
+mod autotracing_cpu;
 mod autotracing_dload;
 mod autotracing_iotracing;
 mod autotracing_memburst;

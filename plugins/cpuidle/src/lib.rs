@@ -6,8 +6,9 @@
 //! `cpu_util`'s `cores`):
 //!
 //! - `user_percent`, `system_percent`, `total_percent`, each with its change since the
-//!   container's previous interval (`_delta`; a container's first interval compares with 0,
-//!   as HUATUO's zero-initialised previous values).
+//!   container's previous interval (`_delta`; a container's first interval is only a
+//!   baseline, so neither a container already busy when first seen nor the agent's start
+//!   fires).
 //!
 //! A container fires when any of `user > user_threshold && Δuser > delta_user_threshold`,
 //! `sys > sys_threshold && Δsys > delta_sys_threshold`, `total > usage_threshold &&
@@ -137,8 +138,10 @@ type Percents = [f64; 3];
 struct ContainerCpu {
     last: CpuUsage,
     at: Instant,
-    /// The last complete interval's percents and their changes.
-    util: Option<(Percents, Percents)>,
+    /// The last complete interval's percents ...
+    util: Option<Percents>,
+    /// ... and their changes since the one before.
+    delta: Option<Percents>,
     /// When its last profile started.
     cooldown_since: Option<Instant>,
 }
@@ -251,10 +254,15 @@ impl ContainerCpu {
     /// Takes a reading: a complete interval gives new percents and changes.
     fn advance(&mut self, now: CpuUsage, at: Instant, cores: f64) {
         let elapsed = at.saturating_duration_since(self.at);
-        if let Some(util) = percents(&self.last, &now, elapsed, cores) {
-            let prev = self.util.map_or([0.0; 3], |(util, _)| util);
-            let delta = [util[0] - prev[0], util[1] - prev[1], util[2] - prev[2]];
-            self.util = Some((util, delta));
+        match percents(&self.last, &now, elapsed, cores) {
+            Some(util) => {
+                self.delta = self
+                    .util
+                    .map(|prev| [util[0] - prev[0], util[1] - prev[1], util[2] - prev[2]]);
+                self.util = Some(util);
+            }
+            // No usable interval: no change to fire on until the next one.
+            None => self.delta = None,
         }
         self.last = now;
         self.at = at;
@@ -293,13 +301,14 @@ impl Cpuidle {
                         last: usage,
                         at,
                         util: None,
+                        delta: None,
                         cooldown_since: None,
                     },
                 );
                 continue;
             };
             state.advance(usage, at, cores);
-            let Some((util, delta)) = state.util else {
+            let (Some(util), Some(delta)) = (state.util, state.delta) else {
                 continue;
             };
             if !state.cooldown_remaining(cooldown).is_zero() {
@@ -355,7 +364,8 @@ impl Cpuidle {
 
     /// The trigger fields of container `id`'s last interval.
     fn fields(&self, id: &str) -> Option<Map<String, Value>> {
-        let (util, delta) = self.containers.get(id)?.util?;
+        let state = self.containers.get(id)?;
+        let (util, delta) = (state.util?, state.delta?);
         let mut fields = Map::new();
         for (((kind, value), change), (limit, delta_limit)) in KINDS
             .iter()
@@ -398,18 +408,20 @@ impl Collector for Cpuidle {
         let mut out = Vec::new();
         let cooldown = self.cooldown();
         for (id, state) in &self.containers {
-            if let Some((util, delta)) = state.util {
-                for ((kind, value), change) in KINDS.iter().zip(util).zip(delta) {
+            for (i, kind) in KINDS.iter().enumerate() {
+                if let Some(util) = state.util {
                     out.push(metric::container_gauge(
                         id,
                         &format!("{kind}_percent"),
-                        value,
+                        util[i],
                         "Container CPU time over the last interval, percent of its cores.",
                     ));
+                }
+                if let Some(delta) = state.delta {
                     out.push(metric::container_gauge(
                         id,
                         &format!("{kind}_percent_delta"),
-                        change,
+                        delta[i],
                         "Change of the percent since the container's previous interval.",
                     ));
                 }
@@ -517,26 +529,29 @@ mod tests {
     }
 
     #[test]
-    fn first_interval_compares_with_zero() {
+    fn first_interval_is_a_baseline() {
         let t0 = Instant::now();
         let mut state = ContainerCpu {
             last: usage(0, 0, 0),
             at: t0,
             util: None,
+            delta: None,
             cooldown_since: None,
         };
-        state.advance(
-            usage(1_000_000, 1_000_000, 0),
-            t0 + Duration::from_secs(1),
-            1.0,
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        state.advance(usage(1_000_000, 1_000_000, 0), s(1), 1.0);
+        assert_eq!((state.util, state.delta), (Some([100.0, 0.0, 100.0]), None));
+        state.advance(usage(1_500_000, 1_500_000, 0), s(2), 1.0);
+        assert_eq!(state.delta, Some([-50.0, 0.0, -50.0]));
+        state.advance(usage(2_400_000, 2_300_000, 100_000), s(3), 1.0);
+        let (util, delta) = (state.util.expect("util"), state.delta.expect("delta"));
+        assert!(
+            (util[2] - 90.0).abs() < 1e-6 && (delta[2] - 40.0).abs() < 1e-6,
+            "{util:?}"
         );
-        assert_eq!(state.util, Some(([100.0, 0.0, 100.0], [100.0, 0.0, 100.0])));
-        state.advance(
-            usage(1_500_000, 1_500_000, 0),
-            t0 + Duration::from_secs(2),
-            1.0,
-        );
-        assert_eq!(state.util, Some(([50.0, 0.0, 50.0], [-50.0, 0.0, -50.0])));
+        // A reset interval leaves nothing to fire on.
+        state.advance(usage(0, 0, 0), s(4), 1.0);
+        assert_eq!(state.delta, None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cpusys`: HUATUO's host sys-CPU autotracing. Every `interval` seconds it reads the `cpu`
 //! line of `/proc/stat`; `system_percent` is Δsystem / Δ(user..steal) × 100 over the
 //! interval and `system_percent_delta` its change since the previous interval (the first
-//! interval compares with 0, as HUATUO's zero-initialised previous value). When
+//! interval after start is only a baseline: the agent's own start is no spike). When
 //! `system_percent > sys_threshold` **and** `system_percent_delta > delta_sys_threshold`
 //! it takes a host-wide on-cpu profile (the host's sampler, kernel and user stacks, 99 Hz
 //! for `duration` seconds) and saves an `autotracing` document, then waits
@@ -84,9 +84,13 @@ impl Settings {
 struct Cpusys {
     settings: Settings,
     last: Option<CpuTimes>,
+    /// A complete interval was seen: `system_percent` is a baseline for the next.
+    baseline: bool,
     /// Last interval's sys% and its change.
     system_percent: f64,
     system_percent_delta: f64,
+    /// Intervals evaluated (the baseline included).
+    intervals: u64,
     fired: u64,
     /// When the last profile started.
     cooldown_since: Option<Instant>,
@@ -110,8 +114,10 @@ impl Plugin for Cpusys {
         Ok(Cpusys {
             settings,
             last: None,
+            baseline: false,
             system_percent: 0.0,
             system_percent_delta: 0.0,
+            intervals: 0,
             fired: 0,
             cooldown_since: None,
             tracer: Tracer::new("cpusys", max_flame_kib),
@@ -135,6 +141,19 @@ impl Cpusys {
         })
     }
 
+    /// Takes one interval's sys%; returns whether both thresholds are crossed.
+    fn observe(&mut self, sys: f64) -> bool {
+        self.intervals += 1;
+        self.system_percent_delta = sys - self.system_percent;
+        self.system_percent = sys;
+        if !std::mem::replace(&mut self.baseline, true) {
+            self.system_percent_delta = 0.0;
+            return false;
+        }
+        sys > self.settings.sys_threshold
+            && self.system_percent_delta > self.settings.delta_sys_threshold
+    }
+
     fn tick(&mut self, ctx: &mut Context) -> Result<()> {
         if self.tracer.retry(ctx).is_some() {
             self.cooldown_since = Some(Instant::now());
@@ -146,13 +165,13 @@ impl Cpusys {
         let Some(sys) = system_percent(&prev, &now) else {
             return Ok(());
         };
-        self.system_percent_delta = sys - self.system_percent;
-        self.system_percent = sys;
-        let s = &self.settings;
-        let fires = sys > s.sys_threshold && self.system_percent_delta > s.delta_sys_threshold;
-        if !fires || !self.cooldown_remaining().is_zero() || self.tracer.pending_key().is_some() {
+        if !self.observe(sys)
+            || !self.cooldown_remaining().is_zero()
+            || self.tracer.pending_key().is_some()
+        {
             return Ok(());
         }
+        let s = &self.settings;
         self.fired += 1;
         log::info(&format!(
             "sys {sys:.1}% (+{:.1}) above {}% (+{}): profiling the host for {} s",
@@ -225,6 +244,11 @@ impl Collector for Cpusys {
                 "... when system_percent_delta is also above this.",
             ),
             metric::counter(
+                "intervals",
+                self.intervals as f64,
+                "Intervals of /proc/stat evaluated (the first one is only a baseline).",
+            ),
+            metric::counter(
                 "fired",
                 self.fired as f64,
                 "Times both thresholds were crossed outside the cooldown.",
@@ -257,6 +281,18 @@ mod tests {
         assert!((sys - 20.0).abs() < 1e-9, "{sys}");
         assert_eq!(system_percent(&now, &now), None);
         assert_eq!(system_percent(&now, &prev), None);
+    }
+
+    #[test]
+    fn fires_on_a_jump_after_the_baseline() {
+        let mut p = Cpusys::init(Config::default()).expect("defaults");
+        assert!(!p.observe(90.0), "the first interval is a baseline");
+        assert_eq!(p.system_percent_delta, 0.0);
+        assert!(!p.observe(10.0));
+        assert!(!p.observe(40.0), "+30 but not above 45%");
+        assert!(p.observe(70.0), "70% and +30");
+        assert!(!p.observe(80.0), "80% but only +10");
+        assert_eq!((p.system_percent, p.system_percent_delta), (80.0, 10.0));
     }
 
     #[test]
