@@ -17,8 +17,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 mod cloudevents;
+mod profiles;
 pub mod requests;
 mod status;
+mod tasks;
 mod tracers;
 mod watch;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     pub watch_dropped: prometheus_client::metrics::counter::Counter,
     /// Requests per route, method and status, and their durations.
     pub http_metrics: requests::HttpMetrics,
+    /// The CPU profiler (`POST /tasks`).
+    pub profiler: crate::profiler::Profiler,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -286,11 +290,15 @@ pub fn routes(
         .unify()
         .or(containers_json)
         .unify()
+        // Boxed halfway: one unboxed chain of this many filters overflows the trait solver.
+        .boxed()
         .or(watch::route(state.clone()))
         .unify()
         .or(cloudevents::route(state.clone()))
         .unify()
         .or(tracers::routes(state.clone()))
+        .unify()
+        .or(profiles::routes(state.clone()))
         .unify()
         .or(status::route(state.clone()))
         .unify()
