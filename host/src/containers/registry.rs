@@ -67,6 +67,37 @@ pub enum Attribution {
     Unknown,
 }
 
+impl Attribution {
+    /// A document's workload fields, for the id or key `raw` that a plugin (or a task) named.
+    pub fn fields<'a>(&'a self, raw: &'a str) -> crate::storage::ContainerFields<'a> {
+        use crate::storage::ContainerFields;
+        match self {
+            Self::Host => ContainerFields::default(),
+            Self::Workload(c) if c.runtime.is_container() => ContainerFields {
+                id: &c.id,
+                hostname: c.display_hostname(),
+                host_namespace: c.host_namespace(),
+                container_type: c.container_type,
+                qos: c.qos.as_str(),
+                name: &c.name,
+                image: &c.image,
+                pod_name: c.pod.as_ref().map_or("", |p| p.name.as_str()),
+                cgroup_path: &c.cgroup_path,
+            },
+            Self::Workload(c) => ContainerFields {
+                cgroup_path: &c.cgroup_path,
+                ..ContainerFields::default()
+            },
+            // Never dropped: saved with what the guest said, marked unknown.
+            Self::Unknown => ContainerFields {
+                id: raw,
+                container_type: super::model::kind::UNKNOWN,
+                ..ContainerFields::default()
+            },
+        }
+    }
+}
+
 /// What `changes(since)` answers.
 #[derive(Debug)]
 pub struct ChangeSet {

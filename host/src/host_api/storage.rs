@@ -2,9 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::containers::Attribution;
-use crate::containers::model::kind;
-use crate::storage::{ContainerFields, SaveError, SaveRequest};
+use crate::storage::{SaveError, SaveRequest};
 use crate::wit::{ErrorCode, RunType, storage};
 
 use super::HostState;
@@ -21,7 +19,7 @@ impl storage::Host for HostState {
         let attribution = self.services.containers.attribute(&container_id);
         let request = SaveRequest {
             tracer_name: &tracer_name,
-            container: fields(&attribution, &container_id),
+            container: attribution.fields(&container_id),
             time_ns,
             data_json: &data_json,
             run_type: match run_type {
@@ -45,33 +43,5 @@ impl storage::Host for HostState {
                 Err(ErrorCode::InvalidArgument)
             }
         })
-    }
-}
-
-/// The document's workload fields for what the guest passed as `container-id`.
-fn fields<'a>(attribution: &'a Attribution, raw: &'a str) -> ContainerFields<'a> {
-    match attribution {
-        Attribution::Host => ContainerFields::default(),
-        Attribution::Workload(c) if c.runtime.is_container() => ContainerFields {
-            id: &c.id,
-            hostname: c.display_hostname(),
-            host_namespace: c.host_namespace(),
-            container_type: c.container_type,
-            qos: c.qos.as_str(),
-            name: &c.name,
-            image: &c.image,
-            pod_name: c.pod.as_ref().map_or("", |p| p.name.as_str()),
-            cgroup_path: &c.cgroup_path,
-        },
-        Attribution::Workload(c) => ContainerFields {
-            cgroup_path: &c.cgroup_path,
-            ..ContainerFields::default()
-        },
-        // Never dropped: saved with what the guest said, marked unknown.
-        Attribution::Unknown => ContainerFields {
-            id: raw,
-            container_type: kind::UNKNOWN,
-            ..ContainerFields::default()
-        },
     }
 }

@@ -22,12 +22,12 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use super::{AppState, authorized, error_reply, json_reply};
-use crate::containers::{Attribution, Registry};
+use crate::containers::Registry;
 use crate::profiler::{
     DEFAULT_DURATION_MS, DEFAULT_FREQUENCY_HZ, Mode, Profile, ProfileError, Profiler, Request,
     Session, Target,
 };
-use crate::storage::{ContainerFields, RunType, SaveRequest, Store};
+use crate::storage::{RunType, SaveRequest, Store};
 
 /// The shared flame-graph formats (one definition for plugins and host).
 #[path = "../../../guest-sdk/src/flame.rs"]
@@ -477,7 +477,7 @@ async fn run(tasks: Arc<Tasks>, store: Store, containers: Registry, id: String, 
             .unwrap_or(0);
         let request = SaveRequest {
             tracer_name: &tracer_name,
-            container: fields(&attribution, &container_id),
+            container: attribution.fields(&container_id),
             time_ns,
             data_json: &data,
             run_type: RunType::Autotracing,
@@ -540,34 +540,6 @@ fn tracer_data(task_id: &str, profile: &Profile, target: &Target) -> String {
         data["capped"] = json!(true);
     }
     data.to_string()
-}
-
-/// The document's workload fields for the task's `container_id` (as the `storage`
-/// interface fills them for a plugin's document).
-fn fields<'a>(attribution: &'a Attribution, raw: &'a str) -> ContainerFields<'a> {
-    match attribution {
-        Attribution::Host => ContainerFields::default(),
-        Attribution::Workload(c) if c.runtime.is_container() => ContainerFields {
-            id: &c.id,
-            hostname: c.display_hostname(),
-            host_namespace: c.host_namespace(),
-            container_type: c.container_type,
-            qos: c.qos.as_str(),
-            name: &c.name,
-            image: &c.image,
-            pod_name: c.pod.as_ref().map_or("", |p| p.name.as_str()),
-            cgroup_path: &c.cgroup_path,
-        },
-        Attribution::Workload(c) => ContainerFields {
-            cgroup_path: &c.cgroup_path,
-            ..ContainerFields::default()
-        },
-        Attribution::Unknown => ContainerFields {
-            id: raw,
-            container_type: crate::containers::model::kind::UNKNOWN,
-            ..ContainerFields::default()
-        },
-    }
 }
 
 #[cfg(test)]
