@@ -1249,8 +1249,9 @@ fn iterations(child: Child) -> f64 {
 /// including symbolization, and the time from a session's end to its stored document.
 fn profile() {
     let agent = Agent::start("bench-profile", &[], "[containers]\nenabled = false\n");
-    let window = Duration::from_secs(4);
-    let rounds = 6;
+    // HUATUO's 10 s window; four pairs.
+    let window = Duration::from_secs(10);
+    let rounds = 4;
     let mut ratios = Vec::new();
     let mut agent_cpu_ms = Vec::new();
     let mut to_document_ms = Vec::new();
