@@ -24,6 +24,28 @@ use serde_json::Value;
 
 const NS: &str = "kptest";
 
+/// The `dd` tests one at a time: one's spike would fire the other's control phase.
+fn dd_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `dd if=/dev/zero of=/dev/null bs=1`: two syscalls per byte.
+fn start_dd() -> Running {
+    Running(
+        Command::new("dd")
+            .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dd (coreutils)"),
+    )
+}
+
+const CPUSYS: &str = "[plugins.cpusys]\ninterval = 1\nsys_threshold = 20.0\n\
+                      delta_sys_threshold = 10.0\nduration = 3\ninterval_tracing = 3600\n";
+
 /// Kills the child on drop.
 struct Running(Child);
 
@@ -135,9 +157,8 @@ fn check_profile(data: &Value, target: Value, duration_ms: u64) {
 
 #[test]
 fn cpusys_profiles_the_host_when_dd_makes_sys_jump() {
-    let config = "[plugins.cpusys]\ninterval = 1\nsys_threshold = 20.0\n\
-                  delta_sys_threshold = 10.0\nduration = 3\ninterval_tracing = 3600\n";
-    let agent = Agent::start("cpusys", &[plugin_wasm("cpusys")], config);
+    let _dd = dd_lock();
+    let agent = Agent::start("cpusys", &[plugin_wasm("cpusys")], CPUSYS);
     agent.wait_state("cpusys", "running", Duration::from_secs(30));
 
     // Control: a few intervals of the host as it is, nothing fires.
@@ -148,14 +169,7 @@ fn cpusys_profiles_the_host_when_dd_makes_sys_jump() {
     assert_eq!(sample(&metrics, "kpulse_cpusys_fired_total"), Some(0.0));
     assert!(documents(&agent, "cpusys", "").is_empty());
 
-    let dd = Running(
-        Command::new("dd")
-            .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dd (coreutils)"),
-    );
+    let dd = start_dd();
     let docs = wait_for(Duration::from_secs(40), "a cpusys document", || {
         let docs = documents(&agent, "cpusys", "");
         (!docs.is_empty()).then_some(docs)
@@ -222,6 +236,61 @@ fn cpusys_profiles_the_host_when_dd_makes_sys_jump() {
         ),
         Some(0.0)
     );
+}
+
+#[test]
+fn cpusys_retries_while_the_host_profiler_is_busy() {
+    let _dd = dd_lock();
+    let config = format!("{CPUSYS}[profiler]\nmax_sessions = 1\n");
+    let agent = Agent::start("cpusys-busy", &[plugin_wasm("cpusys")], &config);
+    agent.wait_state("cpusys", "running", Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "the cpusys baseline", || {
+        (sample(&agent.metrics(), "kpulse_cpusys_intervals_total")? >= 2.0).then_some(())
+    });
+    // The one session the host allows, taken by an on-demand profile of a sleeper.
+    let sleeper = Running(Command::new("sleep").arg("600").spawn().unwrap());
+    let task = agent.post_json(
+        "/tasks",
+        &serde_json::json!({"tracer_name": "cpu_profile", "pid": sleeper.0.id(), "duration": 8}),
+    );
+    assert_eq!(task.status, 202, "{}", task.body);
+
+    let dd = start_dd();
+    let busy = |m: &str| {
+        sample_with(m, "kpulse_cpusys_profile_errors_total", "reason=\"busy\"").unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "cpusys to find the profiler busy",
+        || {
+            let m = agent.metrics();
+            (sample(&m, "kpulse_cpusys_fired_total")? >= 1.0 && busy(&m) >= 1.0).then_some(())
+        },
+    );
+    // The task ends, the pending trigger starts: its document, with the spike that fired.
+    let docs = wait_for(
+        Duration::from_secs(40),
+        "the retried cpusys document",
+        || {
+            let docs = documents(&agent, "cpusys", "");
+            (!docs.is_empty()).then_some(docs)
+        },
+    );
+    drop(dd);
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let data = &docs[0]["tracer_data"];
+    assert!(data["system_percent"].as_f64().unwrap() > 20.0, "{data}");
+    check_profile(data, serde_json::json!({"kind": "host"}), 3000);
+    let rows = check_flamedata(data);
+    assert!(
+        rows.iter().any(|r| r.0 == 1 && r.1 == "dd"),
+        "{}",
+        data["folded"]
+    );
+    let metrics = agent.metrics();
+    eprintln!("busy answers before the retry started: {}", busy(&metrics));
+    assert_eq!(sample(&metrics, "kpulse_cpusys_fired_total"), Some(1.0));
+    assert_eq!(sample(&metrics, "kpulse_cpusys_profiles_total"), Some(1.0));
 }
 
 /// A C burner with frame pointers: `main` calls `burn`, which never returns.

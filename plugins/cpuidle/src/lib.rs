@@ -36,8 +36,8 @@
 //! user_percent_delta_threshold`, the same for `system_` and `total_`, `flamedata`, `folded`,
 //! `profile` (see `../cpusys/src/trace.rs`). Metrics: per container the last values and
 //! `cooldown_remaining_seconds`; the thresholds, `fired_total` and the profiling counters.
-//! HUATUO's `[AutoTracing.CPUIdle.Filter]` rules are not implemented: every normal container
-//! is watched. The profile also needs the operator's `policy.profile_allow`.
+//! HUATUO's `[AutoTracing.CPUIdle.Filter]` is `filter.included` / `filter.excluded`
+//! (`src/rules.rs`). The profile also needs the operator's `policy.profile_allow`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -59,6 +59,9 @@ use cgroup::{CpuUsage, Registry};
 #[path = "../../cpusys/src/trace.rs"]
 mod trace;
 use trace::{Tracer, Trigger};
+
+mod rules;
+use rules::{Filter, FilterSettings};
 
 /// An interval using more than this times the container's allowance starts over (a counter
 /// reset, a cgroup recreated under the same id), as in `cpu_util`.
@@ -83,6 +86,8 @@ struct Settings {
     duration: u64,
     /// Budget of `flamedata` + `folded` in one document, KiB.
     max_flame_kib: usize,
+    /// Which containers are watched (HUATUO's `Filter`).
+    filter: FilterSettings,
 }
 
 impl Default for Settings {
@@ -98,6 +103,7 @@ impl Default for Settings {
             interval_tracing: 1800,
             duration: 10,
             max_flame_kib: 768,
+            filter: FilterSettings::default(),
         }
     }
 }
@@ -148,6 +154,7 @@ struct ContainerCpu {
 
 struct Cpuidle {
     settings: Settings,
+    filter: Filter,
     registry: Registry,
     containers: BTreeMap<String, ContainerCpu>,
     malformed: u64,
@@ -175,6 +182,7 @@ impl Plugin for Cpuidle {
         settings.check()?;
         let max_flame_kib = settings.max_flame_kib;
         Ok(Cpuidle {
+            filter: Filter::new(&settings.filter)?,
             settings,
             registry: Registry::new(),
             containers: BTreeMap::new(),
@@ -288,6 +296,9 @@ impl Cpuidle {
         let mut seen = Vec::new();
         let mut best: Option<(f64, String)> = None;
         for c in self.registry.containers(cgroup::NORMAL) {
+            if !self.filter.keeps(c) {
+                continue;
+            }
             let Some(usage) = cgroup::read_cpu_usage(&self.registry, c, &mut self.malformed) else {
                 continue;
             };
@@ -558,6 +569,18 @@ mod tests {
     fn settings_defaults_and_checks() {
         let s: Settings = Config::default().parse().expect("defaults");
         assert_eq!(s.thresholds(), [(75.0, 45.0), (45.0, 20.0), (90.0, 55.0)]);
+        let filtered = Config::from_json(
+            r#"{"filter":{"excluded":[{"field":"container_qos","pattern":"besteffort"}]}}"#,
+        )
+        .expect("json");
+        let plugin = Cpuidle::init(filtered).expect("a valid filter");
+        let mut c = cgroup::tests::container("c", "/kptest/c", "normal");
+        assert!(plugin.filter.keeps(&c));
+        c.qos = kpulse_sdk::containers::Qos::BestEffort;
+        assert!(!plugin.filter.keeps(&c));
+        let bad = Config::from_json(r#"{"filter":{"included":[{"field":"x","pattern":""}]}}"#)
+            .expect("json");
+        assert!(matches!(Cpuidle::init(bad), Err(Error::InvalidConfig(_))));
         let zero = Config::from_json(r#"{"duration":0}"#).expect("json");
         assert!(zero.parse::<Settings>().expect("parses").check().is_err());
     }

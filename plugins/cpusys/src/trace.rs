@@ -9,7 +9,8 @@
 //! The document is the trigger's fields plus `flamedata` (HUATUO's Grafana nested set),
 //! `folded` and `profile {samples, lost, frequency_hz, duration_ms, mode, target}`, within
 //! `max_flame_kib` for the two flame formats (the host refuses documents over
-//! `storage.max_document_kib`, 1024 KiB by default).
+//! `storage.max_document_kib`, 1024 KiB by default), and `capped: true` when the lightest
+//! nodes had to be merged into `[other]` to fit (the host's task documents do the same).
 
 use std::time::{Duration, Instant};
 
@@ -222,6 +223,8 @@ impl Tracer {
             serde_json::json!(profile.summary(trigger.request.target())),
         );
         if flame.capped {
+            // As the host's task documents mark it.
+            doc.insert("capped".to_owned(), Value::Bool(true));
             log::info(&format!(
                 "profile larger than max_flame_kib: the lightest nodes merged into [other] \
                  ({} stacks)",
