@@ -105,8 +105,31 @@ fn is_sampler_frame(name: &str, module: &str) -> bool {
         || name.starts_with("__traceiter_")
 }
 
+/// Whether `address` is in the kernel's half of the address space (the top bit set, on
+/// x86-64 and arm64 alike). A kernel stack never holds anything else; if a walk strays into
+/// a user address, it is dropped, not shown as a kernel frame.
+fn is_kernel_address(address: u64) -> bool {
+    address >> 63 == 1
+}
+
+/// Return addresses point past their call; symbolizing them as they are can name the next
+/// function (a `call` that ends its function). Every frame but an interrupted one is a
+/// return address: all but the kernel leaf, and the user leaf too when the task was in the
+/// kernel (a system call's return address). Leaf first, as the kernel stores them.
+fn to_call_sites(sample: &mut super::sampler::RawSample) {
+    sample.kernel.retain(|&a| is_kernel_address(a));
+    for address in sample.kernel.iter_mut().skip(1) {
+        *address -= 1;
+    }
+    let user_leaf_is_return = usize::from(sample.kernel.is_empty());
+    for address in sample.user.iter_mut().skip(user_leaf_is_return) {
+        *address = address.saturating_sub(1);
+    }
+}
+
 /// Symbolizes `raw` into a profile.
-pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
+pub fn profile(mut raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
+    raw.samples.iter_mut().for_each(to_call_sites);
     let symbolizer = Symbolizer::new();
     // Every distinct user address of each process, symbolized in one call per process.
     let mut per_pid: HashMap<u32, Vec<u64>> = HashMap::new();
@@ -199,6 +222,36 @@ pub fn profile(raw: RawProfile, mode: Mode, frequency_hz: u32) -> Profile {
 mod tests {
     use super::*;
     use crate::profiler::sampler::RawSample;
+
+    #[test]
+    fn return_addresses_become_call_sites_and_user_addresses_leave_kernel_stacks() {
+        let mut sample = RawSample {
+            pid: 1,
+            comm: "t".to_owned(),
+            cgroup_id: 0,
+            kernel: vec![
+                0xffff_ffff_8100_0010,
+                0x7f00_0000_1000,
+                0xffff_ffff_8100_0020,
+            ],
+            user: vec![0x40_1000, 0x40_2000],
+            value: 1,
+        };
+        to_call_sites(&mut sample);
+        assert_eq!(
+            sample.kernel,
+            vec![0xffff_ffff_8100_0010, 0xffff_ffff_8100_001f]
+        );
+        // In the kernel: the user leaf is the system call's return address too.
+        assert_eq!(sample.user, vec![0x40_0fff, 0x40_1fff]);
+        let mut in_user = RawSample {
+            kernel: Vec::new(),
+            user: vec![0x40_1000, 0x40_2000],
+            ..sample
+        };
+        to_call_sites(&mut in_user);
+        assert_eq!(in_user.user, vec![0x40_1000, 0x40_1fff]);
+    }
 
     #[test]
     fn the_samplers_own_frames_are_recognised() {
