@@ -19,6 +19,7 @@ pub mod host_api;
 pub mod hostinfo;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod profiler;

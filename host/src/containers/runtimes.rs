@@ -14,6 +14,7 @@ use super::oci::SpecFacts;
 use super::sys::{self, ProcCgroups};
 use super::table::RuntimeContainer;
 use crate::backoff::Backoff;
+use crate::logging::RateLimit;
 
 /// Log a still-failing source again after this long.
 const RELOG: Duration = Duration::from_secs(600);
@@ -25,7 +26,7 @@ pub struct Source {
     pub socket: PathBuf,
     failures: u32,
     next_try: Option<Instant>,
-    last_logged: Option<Instant>,
+    unavailable_logged: RateLimit,
     last_good: Vec<RuntimeContainer>,
     backoff: Backoff,
 }
@@ -37,7 +38,7 @@ impl Source {
             socket,
             failures: 0,
             next_try: None,
-            last_logged: None,
+            unavailable_logged: RateLimit::new(RELOG),
             last_good: Vec::new(),
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).jittered(),
         }
@@ -53,7 +54,7 @@ impl Source {
         }
         self.failures = 0;
         self.next_try = None;
-        self.last_logged = None;
+        self.unavailable_logged.reset();
         self.last_good = records;
     }
 
@@ -62,16 +63,12 @@ impl Source {
         let delay = self.backoff.delay(self.failures);
         self.failures = self.failures.saturating_add(1);
         self.next_try = Some(now + delay);
-        if self
-            .last_logged
-            .is_none_or(|at| now.duration_since(at) >= RELOG)
-        {
-            self.last_logged = Some(now);
+        if let Some(suppressed) = self.unavailable_logged.check_at(now) {
             tracing::warn!(
                 source = self.name,
                 socket = %self.socket.display(),
                 retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                "container runtime unavailable, skipping it: {err}"
+                "container runtime unavailable, skipping it: {err}{suppressed}"
             );
         }
         // Containers whose process is gone are not kept on a stale answer.

@@ -2,10 +2,14 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::logging::{REPEAT_INTERVAL, RateLimitBy};
 use crate::storage::{SaveError, SaveRequest};
 use crate::wit::{ErrorCode, RunType, storage};
 
 use super::HostState;
+
+/// A guest saving malformed documents in a loop: one line per plugin per interval.
+static REJECTED: RateLimitBy<String> = RateLimitBy::new(REPEAT_INTERVAL);
 
 impl storage::Host for HostState {
     fn save(
@@ -39,7 +43,9 @@ impl storage::Host for HostState {
             }
             Err(err @ SaveError::Invalid(_)) => {
                 stats.documents_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.identity.name, tracer = %tracer_name, %err, "document rejected");
+                if let Some(suppressed) = REJECTED.check(self.identity.name.as_str()) {
+                    tracing::warn!(plugin = %self.identity.name, tracer = %tracer_name, %err, "document rejected{suppressed}");
+                }
                 Err(ErrorCode::InvalidArgument)
             }
         })

@@ -27,7 +27,7 @@ use crate::config::{MetricsConfig, is_metric_name};
 use crate::hostinfo::HostInfo;
 use crate::plugins::stats::PluginState;
 use crate::plugins::{PluginHandle, PluginManager};
-use crate::storage::Store;
+use crate::storage::{DropCause, Store};
 use crate::wit::{Metric, MetricKind};
 
 /// OpenMetrics content type (what Prometheus asks for first).
@@ -363,18 +363,28 @@ impl Exposition {
                 );
             }
         }
+        for cause in DropCause::ALL {
+            snapshot.add(
+                "storage_documents_dropped",
+                "Documents that did not reach the local store, by cause (invalid, too_large, queue_full, writer_stopped, write_error).",
+                Kind::Counter,
+                vec![("cause".to_owned(), cause.as_str().to_owned())],
+                stats.dropped(cause).load(Ordering::Relaxed) as f64,
+            );
+        }
         let storage: [(&str, &str, Kind, u64); 5] = [
             (
-                "storage_documents_dropped",
-                "Documents dropped because the storage queue was full.",
+                "storage_documents_rejected",
+                "Documents refused as malformed or too large.",
                 Kind::Counter,
-                stats.dropped_queue_full.load(Ordering::Relaxed),
+                stats.rejected_invalid.load(Ordering::Relaxed)
+                    + stats.rejected_too_large.load(Ordering::Relaxed),
             ),
             (
-                "storage_documents_rejected",
-                "Documents refused as malformed.",
+                "storage_corrupt_lines",
+                "Lines of the local store files that are not documents, skipped by reads.",
                 Kind::Counter,
-                stats.rejected_invalid.load(Ordering::Relaxed),
+                stats.corrupt_lines.load(Ordering::Relaxed),
             ),
             (
                 "storage_write_errors",

@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::ids::IdGenerator;
-use super::{SaveError, SaveRequest};
+use super::{DropCause, SaveError, SaveRequest};
 use crate::hostinfo::HostInfo;
 
 /// The stored document, field for field HUATUO's (`pkg/tracing/types.go`) plus `@timestamp`.
@@ -43,13 +43,41 @@ struct Document<'a> {
 }
 
 /// Validates `request` and builds its document; returns the new `tracer_id` and the JSON
-/// line (without the newline).
+/// line (without the newline), or the error with its drop cause (`too_large` or `invalid`).
 pub(super) fn build(
     request: &SaveRequest<'_>,
     host: &HostInfo,
     max_document_bytes: usize,
     ids: &IdGenerator,
-) -> Result<(String, String), SaveError> {
+) -> Result<(String, String), (DropCause, SaveError)> {
+    if request.data_json.len() > max_document_bytes {
+        return Err((
+            DropCause::TooLarge,
+            SaveError::Invalid(format!(
+                "tracer_data is {} bytes, above the {} byte limit",
+                request.data_json.len(),
+                max_document_bytes
+            )),
+        ));
+    }
+    validate(request).map_err(|err| (DropCause::Invalid, err))?;
+    // Validated without building a tree, and embedded as the guest wrote it.
+    let data: &serde_json::value::RawValue =
+        serde_json::from_str(request.data_json).map_err(|err| {
+            let err = SaveError::Invalid(format!("tracer_data is not JSON: {err}"));
+            (DropCause::Invalid, err)
+        })?;
+    if !data.get().starts_with('{') {
+        return Err((
+            DropCause::Invalid,
+            SaveError::Invalid("tracer_data must be a JSON object".to_owned()),
+        ));
+    }
+    encode(request, host, ids, data).map_err(|err| (DropCause::Invalid, err))
+}
+
+/// The tracer name and container id.
+fn validate(request: &SaveRequest<'_>) -> Result<(), SaveError> {
     if !is_tracer_name(request.tracer_name) {
         return Err(SaveError::Invalid(format!(
             "tracer name {:?} must match [a-zA-Z0-9_.-]{{1,64}} and not start with '.'",
@@ -61,21 +89,16 @@ pub(super) fn build(
             "container id longer than 128 bytes".to_owned(),
         ));
     }
-    if request.data_json.len() > max_document_bytes {
-        return Err(SaveError::Invalid(format!(
-            "tracer_data is {} bytes, above the {} byte limit",
-            request.data_json.len(),
-            max_document_bytes
-        )));
-    }
-    // Validated without building a tree, and embedded as the guest wrote it.
-    let data: &serde_json::value::RawValue = serde_json::from_str(request.data_json)
-        .map_err(|err| SaveError::Invalid(format!("tracer_data is not JSON: {err}")))?;
-    if !data.get().starts_with('{') {
-        return Err(SaveError::Invalid(
-            "tracer_data must be a JSON object".to_owned(),
-        ));
-    }
+    Ok(())
+}
+
+/// The enriched document of a validated request.
+fn encode(
+    request: &SaveRequest<'_>,
+    host: &HostInfo,
+    ids: &IdGenerator,
+    data: &serde_json::value::RawValue,
+) -> Result<(String, String), SaveError> {
     let now = Utc::now();
     let tracer_time = time_from_ns(request.time_ns).unwrap_or(now);
     let tracer_id = ids.next(now);

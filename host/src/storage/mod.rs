@@ -2,9 +2,22 @@
 //! as one NDJSON line to `<data_dir>/events/<tracer>.ndjson`, rotated by size.
 //!
 //! Saving never blocks a guest: the document is serialized on the caller's thread and handed
-//! to a bounded queue; one writer thread appends. A full queue drops the document and counts
-//! it. Reading skips a torn last line (a crash mid-write), so a crash never makes the store
-//! unreadable.
+//! to a bounded queue; one writer thread appends. Every document that does not reach the
+//! local files is counted once in `storage_documents_dropped{cause}` ([`DropCause`]): refused
+//! (`invalid`, `too_large`), a full queue (`queue_full`), or a failed write (`write_error`:
+//! a full, read-only or vanished data directory). After a quiet queue, the documents
+//! `storage.save` accepted are exactly the documents written plus those dropped for
+//! `write_error`.
+//!
+//! A failed write is cut back to its last complete line, so a dropped document is never left
+//! half-written in a file; writing resumes by itself once the disk has room again. The sink
+//! gets each document before the local write and keeps its own account: a document is in
+//! the sink's spool or counted in `opensearch_documents_dropped`, whatever happened locally
+//! (with a disk that is full for both, a document may be in either, both or neither, and
+//! each loss is counted by the side that lost it).
+//!
+//! Reading skips lines that are not documents (a line torn by a crash, garbage) and counts
+//! each once in `storage_corrupt_lines`, so a damaged file never makes the store unreadable.
 //!
 //! - `document`: validation and enrichment into HUATUO's document shape;
 //! - `writer`: the writer thread (sink hand-off, local append, rotation);
@@ -16,7 +29,7 @@ mod ids;
 mod query;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -36,6 +49,42 @@ pub enum SaveError {
     Invalid(String),
     #[error("storage queue is full; document dropped")]
     QueueFull,
+}
+
+/// Why a document did not reach the local store: the `cause` label of
+/// `storage_documents_dropped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// Refused: bad tracer name or container id, not a JSON object.
+    Invalid,
+    /// Refused: `tracer_data` above `storage.max_document_kib`.
+    TooLarge,
+    /// The writer's queue was full.
+    QueueFull,
+    /// The writer thread is gone (it panicked); nothing is written any more.
+    WriterStopped,
+    /// The append to the local file failed (disk full, read-only, I/O error).
+    WriteError,
+}
+
+impl DropCause {
+    pub const ALL: [DropCause; 5] = [
+        DropCause::Invalid,
+        DropCause::TooLarge,
+        DropCause::QueueFull,
+        DropCause::WriterStopped,
+        DropCause::WriteError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropCause::Invalid => "invalid",
+            DropCause::TooLarge => "too_large",
+            DropCause::QueueFull => "queue_full",
+            DropCause::WriterStopped => "writer_stopped",
+            DropCause::WriteError => "write_error",
+        }
+    }
 }
 
 /// HUATUO's `tracer_type`.
@@ -96,13 +145,33 @@ const LIVE_CAPACITY: usize = 1024;
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub dropped_queue_full: AtomicU64,
+    pub dropped_writer_stopped: AtomicU64,
+    /// Refused as malformed (not counting `rejected_too_large`).
     pub rejected_invalid: AtomicU64,
+    pub rejected_too_large: AtomicU64,
+    /// Documents lost to local write errors (the same documents as `dropped{write_error}`,
+    /// kept under its old name).
     pub write_errors: AtomicU64,
+    /// Lines of the local files that are not documents, each counted once.
+    pub corrupt_lines: AtomicU64,
     pub rotations: AtomicU64,
     /// Documents written, per tracer.
     pub written: Mutex<HashMap<String, u64>>,
     /// Documents waiting in the queue.
     pub queued: AtomicU64,
+}
+
+impl StoreStats {
+    /// The counter of documents dropped for `cause`.
+    pub fn dropped(&self, cause: DropCause) -> &AtomicU64 {
+        match cause {
+            DropCause::Invalid => &self.rejected_invalid,
+            DropCause::TooLarge => &self.rejected_too_large,
+            DropCause::QueueFull => &self.dropped_queue_full,
+            DropCause::WriterStopped => &self.dropped_writer_stopped,
+            DropCause::WriteError => &self.write_errors,
+        }
+    }
 }
 
 /// Cheap, cloneable handle for saving and querying documents.
@@ -128,6 +197,8 @@ struct StoreInner {
     ids: IdGenerator,
     sink: Option<Arc<dyn Sink>>,
     live: tokio::sync::broadcast::Sender<Arc<LiveDocument>>,
+    /// Corrupt lines already counted (see [`query`]).
+    corrupt_seen: Mutex<HashSet<query::LineId>>,
 }
 
 impl Store {
@@ -160,6 +231,7 @@ impl Store {
                 max_rotated: config.max_rotated_files,
                 files: HashMap::new(),
                 stats: stats.clone(),
+                failing: writer::Failing::default(),
             };
             std::thread::Builder::new()
                 .name("kpulse-store".to_owned())
@@ -179,6 +251,7 @@ impl Store {
                 ids,
                 sink,
                 live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
+                corrupt_seen: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -208,14 +281,13 @@ impl Store {
         let result = document::build(request, &inner.host, inner.max_document_bytes, &inner.ids);
         let (tracer_id, text) = match result {
             Ok(built) => built,
-            Err(err) => {
-                inner.stats.rejected_invalid.fetch_add(1, Ordering::Relaxed);
+            Err((cause, err)) => {
+                inner.stats.dropped(cause).fetch_add(1, Ordering::Relaxed);
                 return Err(err);
             }
         };
         // Nothing here blocks: the writer thread hands the document to the sink (whose
-        // spool append and fsync happen there) before it writes the local file, so a
-        // document in the local files is always in the sink's spool too.
+        // spool append and fsync happen there) before it writes the local file.
         // Copied for watchers only while there are any.
         if inner.live.receiver_count() > 0 {
             let _ = inner.live.send(Arc::new(LiveDocument {
@@ -236,11 +308,12 @@ impl Store {
                 inner.stats.queued.fetch_add(1, Ordering::Relaxed);
                 Ok(tracer_id)
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                inner
-                    .stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
+            Err(err) => {
+                let cause = match err {
+                    TrySendError::Full(_) => DropCause::QueueFull,
+                    TrySendError::Disconnected(_) => DropCause::WriterStopped,
+                };
+                inner.stats.dropped(cause).fetch_add(1, Ordering::Relaxed);
                 Err(SaveError::QueueFull)
             }
         }
@@ -359,6 +432,85 @@ mod tests {
             Err(SaveError::Invalid(_))
         ));
         assert_eq!(store.stats().rejected_invalid.load(Ordering::Relaxed), 3);
+        let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+        assert!(matches!(
+            store.save(&request("x", &big, 0)),
+            Err(SaveError::Invalid(_))
+        ));
+        let stats = store.stats();
+        assert_eq!(
+            stats.dropped(DropCause::TooLarge).load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(stats.dropped(DropCause::Invalid).load(Ordering::Relaxed), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deleted_directory_is_made_again() {
+        let dir = std::env::temp_dir().join(format!("kpulse-store-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(&StorageConfig::default(), &dir, host()).expect("store");
+        store.save(&request("g", r#"{"n":1}"#, 0)).expect("saved");
+        wait_written(&store, "g", 1);
+        std::fs::remove_dir_all(&dir).expect("deleted");
+        store.save(&request("g", r#"{"n":2}"#, 0)).expect("saved");
+        wait_written(&store, "g", 2);
+        let docs = store.query(&all(10)).expect("query");
+        assert_eq!(
+            docs.len(),
+            1,
+            "the document after the deletion is in the new file"
+        );
+        assert_eq!(docs[0]["tracer_data"]["n"], 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_lines_are_skipped_and_counted_once() {
+        let dir = std::env::temp_dir().join(format!("kpulse-store-corrupt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(&StorageConfig::default(), &dir, host()).expect("store");
+        for n in 0..3 {
+            let data = format!(r#"{{"n":{n}}}"#);
+            store
+                .save(&request("c", &data, 1_700_000_000_000_000_000 + n))
+                .expect("saved");
+        }
+        wait_written(&store, "c", 3);
+        let path = dir.join("events/c.ndjson");
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        // Garbage, a JSON line that is no document, invalid UTF-8, NULs (a power loss on
+        // some file systems), a line far longer than any document, a torn last line.
+        file.write_all(b"garbage\n{\"n\":1}\n\xff\xfe\n\0\0\0\n")
+            .expect("garbage");
+        file.write_all(&vec![b'x'; 2 * 1024 * 1024]).expect("long");
+        file.write_all(b"\n{\"@timestamp\":\"2023-").expect("torn");
+        drop(file);
+        let corrupt = || store.stats().corrupt_lines.load(Ordering::Relaxed);
+        for _ in 0..2 {
+            let docs = store.query(&all(100)).expect("query");
+            assert_eq!(docs.len(), 3);
+            // Counted once, however often read; the unterminated last line may still be
+            // being written, so it is not counted yet.
+            assert_eq!(corrupt(), 5);
+        }
+        store
+            .save(&request("c", r#"{"n":3}"#, 1_700_000_001_000_000_000))
+            .expect("saved");
+        wait_written(&store, "c", 4);
+        let docs = store.query(&all(100)).expect("query");
+        assert_eq!(
+            docs.len(),
+            4,
+            "the torn line did not swallow the new document"
+        );
+        assert_eq!(docs[0]["tracer_data"]["n"], 3);
+        assert_eq!(
+            corrupt(),
+            6,
+            "the torn line, ended by the writer, is counted"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

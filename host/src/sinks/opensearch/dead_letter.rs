@@ -8,6 +8,11 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::metrics::Stats;
+use crate::logging::{REPEAT_INTERVAL, RateLimit, RateLimitBy};
+
+/// A mapping conflict rejects every document of a tracer: one line per status per interval.
+static REJECTED: RateLimitBy<u16> = RateLimitBy::new(REPEAT_INTERVAL);
+static WRITE_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
 
 /// The dead-letter file; appends are serialized.
 #[derive(Debug)]
@@ -34,7 +39,9 @@ impl DeadLetter {
             "reason": reason,
             "document": document,
         });
-        tracing::warn!(%index, status, %reason, "OpenSearch rejected a document; written to the dead-letter file");
+        if let Some(suppressed) = REJECTED.check(&status) {
+            tracing::warn!(%index, status, %reason, "OpenSearch rejected a document; written to the dead-letter file{suppressed}");
+        }
         let Ok(path) = self.path.lock() else {
             return;
         };
@@ -45,7 +52,9 @@ impl DeadLetter {
             .and_then(|mut file| file.write_all(format!("{record}\n").as_bytes()));
         if let Err(err) = written {
             stats.dead_letter_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(path = %path.display(), %err, "cannot write the OpenSearch dead-letter file");
+            if let Some(suppressed) = WRITE_FAILED.check() {
+                tracing::error!(path = %path.display(), %err, "cannot write the OpenSearch dead-letter file{suppressed}");
+            }
         }
     }
 }

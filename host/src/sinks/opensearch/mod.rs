@@ -40,7 +40,11 @@ use self::service::{Service, ServiceError};
 use self::spool::{Entry, Position, Spool, SpoolError};
 use super::{Sink, SinkMetric};
 use crate::backoff::{Attempts, Backoff};
+use crate::logging::{REPEAT_INTERVAL, RateLimit};
 use crate::storage::EventQuery;
+
+/// A commit fails after every batch while the disk is full: logged once per interval.
+static COMMIT_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -215,8 +219,9 @@ impl OpenSearchSink {
                     }
                     if let Some(end) = last
                         && let Err(err) = self.spool.commit(end, docs, bytes)
+                        && let Some(suppressed) = COMMIT_FAILED.check()
                     {
-                        tracing::error!(%err, "cannot record the OpenSearch spool position; documents will be re-sent");
+                        tracing::error!(%err, "cannot record the OpenSearch spool position; documents will be re-sent{suppressed}");
                     }
                 }
                 () = self.spool.wait_for_data(), if pending_bytes < flush_bytes => {}

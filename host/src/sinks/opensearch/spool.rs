@@ -20,6 +20,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::FullPolicy;
+use crate::logging::{REPEAT_INTERVAL, RateLimit, RateLimitBy};
+
+/// Per-document errors of the writer side, logged once per kind per interval.
+static APPEND_FAILED: RateLimitBy<std::io::ErrorKind> = RateLimitBy::new(REPEAT_INTERVAL);
+static ROLL_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
+static FSYNC_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
 
 /// A position in the spool: segment and byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -276,17 +282,24 @@ impl Spool {
                 self.dropped_io.fetch_add(1, Ordering::Relaxed);
                 sub(&self.waiting_bytes, size);
                 let path = segment_path(&self.dir, state.segment);
-                tracing::error!(path = %path.display(), %err, "cannot append to the OpenSearch spool; document lost");
-                // A partial write leaves a torn line: continue in a new segment.
-                state.size = self.segment_bytes;
+                if let Some(suppressed) = APPEND_FAILED.check(&err.kind()) {
+                    tracing::error!(path = %path.display(), %err, "cannot append to the OpenSearch spool; document lost{suppressed}");
+                }
+                // A partial write leaves a torn line: cut it off (the reader never reads past
+                // the last complete line of the segment being written), or, when that fails
+                // too, continue in a new segment, where the torn line ends a finished one.
+                if state.file.set_len(state.size).is_err() {
+                    state.size = self.segment_bytes;
+                }
             }
         }
         state.line = record;
         self.notify.notify_one();
         if state.size >= self.segment_bytes
             && let Err(err) = self.roll(&mut state)
+            && let Some(suppressed) = ROLL_FAILED.check()
         {
-            tracing::error!(%err, "cannot start a new OpenSearch spool segment");
+            tracing::error!(%err, "cannot start a new OpenSearch spool segment{suppressed}");
         }
     }
 
@@ -296,8 +309,10 @@ impl Spool {
             return;
         };
         if state.unsynced {
-            if let Err(err) = state.file.sync_data() {
-                tracing::warn!(segment = state.segment, %err, "cannot fsync the OpenSearch spool");
+            if let Err(err) = state.file.sync_data()
+                && let Some(suppressed) = FSYNC_FAILED.check()
+            {
+                tracing::warn!(segment = state.segment, %err, "cannot fsync the OpenSearch spool{suppressed}");
             }
             state.unsynced = false;
         }
