@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 source scripts/common.sh
 # promtool and a Prometheus server for /metrics; tools the fault-injection tests use.
 ensure_packages prometheus iproute2 e2fsprogs util-linux perl systemd binutils
+# tcp_retransmit tests drop packets with iptables' statistic match (nft-backed on Debian).
+ensure_packages iptables
 # The status page test drives Debian's Chromium with playwright-core (npm, no browser download).
 ensure_packages chromium
 (cd tests/browser && npm install --no-audit --no-fund --silent)

@@ -417,4 +417,223 @@ KP_ASSERT_SIZE(kp_iot_cur_file, 16);
 KP_ASSERT_SIZE(kp_iot_sleep, 272);
 KP_ASSERT_SIZE(kp_iot_path, 200);
 
+/* ==========================================================================
+ * tcp_retransmit, netdev_txqueue_timeout, ras (issue 12): kinds, records, pins
+ * ==========================================================================
+ *
+ *  object                       program fn       type        attach (category/name)
+ *  ---------------------------- ---------------- ----------- -------------------------------
+ *  tcp_retransmit.bpf.o         retrans_skb      tracepoint  tcp/tcp_retransmit_skb
+ *                               retrans_synack   tracepoint  tcp/tcp_retransmit_synack
+ *                               retrans_tlp      kprobe      tcp_send_loss_probe (optional:
+ *                                                            enable_tlp, where kprobes exist)
+ *     maps: events (RINGBUF 1M), retransmits (PERCPU_ARRAY[4] u64, index
+ *           enum kp_tcp_retrans_source), ratelimit, stats
+ *  netdev_txqueue_timeout.bpf.o txq_timeout_btf  tp_btf      net_dev_xmit_timeout (device:
+ *                                                            netns and ifindex too)
+ *                               txq_timeout_tp   tracepoint  net/net_dev_xmit_timeout (fallback)
+ *     maps: events (RINGBUF 64K), stats
+ *  ras.bpf.o                    ras_mce          tracepoint  mce/mce_record
+ *                               ras_edac         tracepoint  ras/mc_event
+ *                               ras_non_standard tracepoint  ras/non_standard_event
+ *                               ras_aer          tracepoint  ras/aer_event
+ *                               ras_thr          tracepoint  irq_vectors/threshold_apic_entry
+ *                               ras_arm          tracepoint  ras/arm_event
+ *     maps: events (RINGBUF 256K), hw_errors (PERCPU_ARRAY[6] u64, index
+ *           enum kp_ras_source), stats; attach the programs whose
+ *           tracepoint exists (each is optional)
+ *
+ *  `volatile const` knobs:
+ *    tcp_retransmit: max_events_per_second = 100, ratelimit_nr_cpus = 1
+ */
+
+/* kp_event_header.kind of these records; a separate range so that the
+ * kinds of kp_event_kind above can grow without a clash. */
+enum kp_event_kind_net_hw {
+	KP_EV_TCP_RETRANSMIT    = 32,
+	KP_EV_TXQUEUE_TIMEOUT   = 33,
+	KP_EV_RAS_MCE           = 34,
+	KP_EV_RAS_EDAC          = 35,
+	KP_EV_RAS_NON_STANDARD  = 36,
+	KP_EV_RAS_AER           = 37,
+	KP_EV_RAS_THR           = 38,
+	KP_EV_RAS_ARM           = 39,
+};
+
+/* ---- tcp_retransmit.bpf.o : KP_EV_TCP_RETRANSMIT (136 bytes) ------------- */
+enum kp_tcp_retrans_source {
+	KP_TCP_RETRANS_SKB    = 1, /* tcp/tcp_retransmit_skb (data, SYN, FIN) */
+	KP_TCP_RETRANS_SYNACK = 2, /* tcp/tcp_retransmit_synack (listener side) */
+	KP_TCP_RETRANS_TLP    = 3, /* kprobe tcp_send_loss_probe */
+	KP_TCP_RETRANS_NR     = 4,
+};
+
+struct kp_tcp_retransmit_event {
+	struct kp_event_header hdr; /*   0: current (often the timer softirq's
+	                             *      interrupted task, or the sender) */
+	__u64 skb_addr;             /*  48: skb retransmitted; 0 for SYNACK and TLP */
+	__u64 netns_cookie;         /*  56: net->net_cookie of the socket's netns, 0 if n/a */
+	__u32 netns_inum;           /*  64: inode of the socket's net namespace */
+	__u32 seq;                  /*  68: SKB: TCP_SKB_CB(skb)->seq; TLP: snd_nxt */
+	__u32 end_seq;              /*  72: SKB: TCP_SKB_CB(skb)->end_seq, else 0 */
+	__u32 ack_seq;              /*  76: SKB: tp->rcv_nxt; TLP: snd_una */
+	__u32 reord_seen;           /*  80: tp->reord_seen (cumulative) */
+	__u32 dsack_dups;           /*  84: tp->dsack_dups (cumulative) */
+	__s32 err;                  /*  88: SKB: the retransmit's result (6.x
+	                             *      tracepoint `err`), else 0 */
+	__u16 sport;                /*  92: local port, host order */
+	__u16 dport;                /*  94: remote port, host order */
+	__u16 family;               /*  96: AF_INET (2) or AF_INET6 (10) */
+	__u8  source;               /*  98: enum kp_tcp_retrans_source */
+	__u8  state;                /*  99: sk_state (TCP_ESTABLISHED = 1 ...; 12
+	                             *      TCP_NEW_SYN_RECV for SYNACK) */
+	__u8  ca_state;             /* 100: icsk_ca_state: 0 Open, 1 Disorder, 2 CWR,
+	                             *      3 Recovery, 4 Loss */
+	__u8  tcp_flags;            /* 101: SKB: TCP_SKB_CB(skb)->tcp_flags, else 0 */
+	__u8  retransmits;          /* 102: icsk_retransmits, or the request's num_retrans */
+	__u8  icsk_pending;         /* 103: icsk_pending timer: 1 RTO, 3 probe0, 5 TLP, ... */
+	__u8  saddr[16];            /* 104: local address, network order (IPv4: 4 bytes) */
+	__u8  daddr[16];            /* 120: remote address, network order (IPv4: 4 bytes) */
+};
+
+/* ---- netdev_txqueue_timeout.bpf.o : KP_EV_TXQUEUE_TIMEOUT (112 bytes) ---- */
+#define KP_DRIVER_LEN 32
+
+struct kp_txqueue_timeout_event {
+	struct kp_event_header hdr; /*   0: current (the dev_watchdog timer's CPU) */
+	__s32 queue_index;          /*  48: TX queue that timed out */
+	__u32 ifindex;              /*  52: device ifindex (tp_btf only), else 0 */
+	__u32 netns_inum;           /*  56: device's net namespace (tp_btf only), else 0 */
+	__u32 _pad0;                /*  60: zero */
+	char  name[KP_IFNAME_LEN];  /*  64: device name */
+	char  driver[KP_DRIVER_LEN]; /* 80: driver name (netdev_drivername) */
+};
+
+/* ---- ras.bpf.o : KP_EV_RAS_* --------------------------------------------- */
+/* Index of the hw_errors map: HUATUO's HW_ERR_* and ras_hw_err_total{type}. */
+enum kp_ras_source {
+	KP_RAS_MCE  = 0, /* mce/mce_record                  type="mce"      */
+	KP_RAS_EDAC = 1, /* ras/mc_event                    type="edac"     */
+	KP_RAS_ACPI = 2, /* ras/non_standard_event (GHES)   type="acpi"     */
+	KP_RAS_AER  = 3, /* ras/aer_event (PCIe)            type="aer"      */
+	KP_RAS_THR  = 4, /* irq_vectors/threshold_apic_entry type="thr"     */
+	KP_RAS_ARM  = 5, /* ras/arm_event                   type="arm_ghes" */
+	KP_RAS_NR   = 6,
+};
+#define KP_RAS_STR_LEN  64 /* bytes kept of each EDAC string */
+#define KP_RAS_DATA_LEN 64 /* bytes kept of a non-standard section's raw data */
+
+/* KP_EV_RAS_MCE (160 bytes): a machine-check record (fields 0 where the
+ * kernel's tracepoint lacks them). */
+struct kp_ras_mce_event {
+	struct kp_event_header hdr; /*   0: current */
+	__u64 mcgcap;               /*  48: MCG_CAP */
+	__u64 mcgstatus;            /*  56: MCG_STATUS */
+	__u64 status;               /*  64: MCi_STATUS (bit 61 UC, 44 deferred) */
+	__u64 addr;                 /*  72: MCi_ADDR */
+	__u64 misc;                 /*  80: MCi_MISC */
+	__u64 synd;                 /*  88: MCA_SYND (AMD SMCA) */
+	__u64 ipid;                 /*  96: MCA_IPID (AMD SMCA) */
+	__u64 ip;                   /* 104: instruction pointer */
+	__u64 tsc;                  /* 112: TSC at the error */
+	__u64 ppin;                 /* 120: protected processor inventory number */
+	__u64 walltime;             /* 128: wall time, seconds since the epoch */
+	__u32 cpu;                  /* 136: CPU that logged it */
+	__u32 cpuid;                /* 140: CPUID(1).EAX */
+	__u32 apicid;               /* 144 */
+	__u32 socketid;             /* 148 */
+	__u32 microcode;            /* 152: microcode revision */
+	__u8  cs;                   /* 156: code segment */
+	__u8  bank;                 /* 157: MCA bank */
+	__u8  cpuvendor;            /* 158: X86_VENDOR_* */
+	__u8  _pad0;                /* 159: zero */
+};
+
+/* KP_EV_RAS_EDAC (272 bytes): a memory-controller error (ras/mc_event). */
+struct kp_ras_mc_event {
+	struct kp_event_header hdr; /*   0: current */
+	__s64 address;              /*  48: page address of the error */
+	__s64 syndrome;             /*  56: syndrome of the error */
+	__u32 error_type;           /*  64: 0 corrected, 1 uncorrected, 2 deferred,
+	                             *      3 fatal, 4 info (enum hw_event_mc_err_type) */
+	__u16 error_count;          /*  68 */
+	__u8  mc_index;             /*  70: memory controller */
+	__u8  grain_bits;           /*  71: grain = 1 << grain_bits bytes */
+	__s8  top_layer;            /*  72: location, -1 = unknown */
+	__s8  middle_layer;         /*  73 */
+	__s8  lower_layer;          /*  74 */
+	__u8  _pad0;                /*  75: zero */
+	__u32 _pad1;                /*  76: zero */
+	char  msg[KP_RAS_STR_LEN];  /*  80: error message */
+	char  label[KP_RAS_STR_LEN]; /* 144: DIMM label(s) */
+	char  driver_detail[KP_RAS_STR_LEN]; /* 208: driver's detail */
+};
+
+/* KP_EV_RAS_NON_STANDARD (184 bytes): an ACPI GHES non-standard section. */
+struct kp_ras_non_standard_event {
+	struct kp_event_header hdr; /*   0: current */
+	__u8  sec_type[16];         /*  48: section type GUID, raw bytes */
+	__u8  fru_id[16];           /*  64: FRU id GUID, raw bytes */
+	__u32 len;                  /*  80: bytes of raw data in the section */
+	__u8  sev;                  /*  84: GHES severity: 0 none, 1 corrected,
+	                             *      2 recoverable, 3 panic */
+	__u8  _pad0[3];             /*  85: zero */
+	char  fru_text[32];         /*  88: FRU text */
+	__u8  data[KP_RAS_DATA_LEN]; /* 120: first bytes of the raw data */
+};
+
+/* KP_EV_RAS_AER (104 bytes): a PCIe AER error (ras/aer_event). */
+struct kp_ras_aer_event {
+	struct kp_event_header hdr; /*   0: current */
+	__u32 status;               /*  48: AER status register bits */
+	__u8  severity;             /*  52: 0 uncorrected non-fatal, 1 fatal,
+	                             *      2 correctable */
+	__u8  tlp_header_valid;     /*  53 */
+	__u16 _pad0;                /*  54: zero */
+	__u32 tlp_header[4];        /*  56: first 4 dwords of the TLP header log */
+	char  dev_name[32];         /*  72: PCI device name, e.g. 0000:00:1c.0 */
+};
+
+/* KP_EV_RAS_THR (56 bytes): an MCE threshold interrupt. */
+struct kp_ras_thr_event {
+	struct kp_event_header hdr; /*   0: current; hdr.cpu = the CPU interrupted */
+	__s32 vector;               /*  48: interrupt vector */
+	__u32 _pad0;                /*  52: zero */
+};
+
+/* KP_EV_RAS_ARM (96 bytes): an ARM processor error section (ras/arm_event). */
+struct kp_ras_arm_event {
+	struct kp_event_header hdr; /*   0: current */
+	__u64 mpidr;                /*  48 */
+	__u64 midr;                 /*  56 */
+	__u32 running_state;        /*  64: ~0 = not given; bit 0 = running */
+	__u32 psci_state;           /*  68 */
+	__s32 cpu;                  /*  72: -1 if the tracepoint has no cpu */
+	__u32 pei_len;              /*  76: bytes of processor error info */
+	__u32 ctx_len;              /*  80: bytes of context info */
+	__u32 oem_len;              /*  84: bytes of vendor info */
+	__u8  affinity;             /*  88: affinity level, 0xff = not given */
+	__u8  sev;                  /*  89: CPER severity, 0xff if not given */
+	__u16 _pad0;                /*  90: zero */
+	__u32 _pad1;                /*  92: zero */
+};
+
+KP_ASSERT_SIZE(kp_tcp_retransmit_event, 136);
+KP_ASSERT_OFF(kp_tcp_retransmit_event, sport, 92);
+KP_ASSERT_OFF(kp_tcp_retransmit_event, saddr, 104);
+KP_ASSERT_SIZE(kp_txqueue_timeout_event, 112);
+KP_ASSERT_OFF(kp_txqueue_timeout_event, driver, 80);
+KP_ASSERT_SIZE(kp_ras_mce_event, 160);
+KP_ASSERT_OFF(kp_ras_mce_event, cpu, 136);
+KP_ASSERT_SIZE(kp_ras_mc_event, 272);
+KP_ASSERT_OFF(kp_ras_mc_event, msg, 80);
+KP_ASSERT_SIZE(kp_ras_non_standard_event, 184);
+KP_ASSERT_OFF(kp_ras_non_standard_event, fru_text, 88);
+KP_ASSERT_SIZE(kp_ras_aer_event, 104);
+KP_ASSERT_OFF(kp_ras_aer_event, dev_name, 72);
+KP_ASSERT_SIZE(kp_ras_thr_event, 56);
+KP_ASSERT_SIZE(kp_ras_arm_event, 96);
+KP_ASSERT_OFF(kp_ras_arm_event, affinity, 88);
+/* ==== end of tcp_retransmit / netdev_txqueue_timeout / ras ================ */
+
 #endif /* KPULSE_EVENTS_H */

@@ -79,10 +79,53 @@ pub const KP_RX_STAGE_TCPV4: u32 = 2;
 /// `enum kp_rx_stage`: skb/skb_copy_datagram_iovec (RX_STAGE_USERCOPY).
 pub const KP_RX_STAGE_USERCOPY: u32 = 3;
 
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_TCP_RETRANSMIT: u32 = 32;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_TXQUEUE_TIMEOUT: u32 = 33;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_MCE: u32 = 34;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_EDAC: u32 = 35;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_NON_STANDARD: u32 = 36;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_AER: u32 = 37;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_THR: u32 = 38;
+/// `enum kp_event_kind_net_hw`.
+pub const KP_EV_RAS_ARM: u32 = 39;
+
+/// `enum kp_tcp_retrans_source`: tcp/tcp_retransmit_skb (data, SYN, FIN).
+pub const KP_TCP_RETRANS_SKB: u32 = 1;
+/// `enum kp_tcp_retrans_source`: tcp/tcp_retransmit_synack (listener side).
+pub const KP_TCP_RETRANS_SYNACK: u32 = 2;
+/// `enum kp_tcp_retrans_source`: kprobe tcp_send_loss_probe.
+pub const KP_TCP_RETRANS_TLP: u32 = 3;
+/// `enum kp_tcp_retrans_source`.
+pub const KP_TCP_RETRANS_NR: u32 = 4;
+
+/// `enum kp_ras_source`: mce/mce_record type="mce".
+pub const KP_RAS_MCE: u32 = 0;
+/// `enum kp_ras_source`: ras/mc_event type="edac".
+pub const KP_RAS_EDAC: u32 = 1;
+/// `enum kp_ras_source`: ras/non_standard_event (GHES) type="acpi".
+pub const KP_RAS_ACPI: u32 = 2;
+/// `enum kp_ras_source`: ras/aer_event (PCIe) type="aer".
+pub const KP_RAS_AER: u32 = 3;
+/// `enum kp_ras_source`: irq_vectors/threshold_apic_entry type="thr".
+pub const KP_RAS_THR: u32 = 4;
+/// `enum kp_ras_source`: ras/arm_event type="arm_ghes".
+pub const KP_RAS_ARM: u32 = 5;
+/// `enum kp_ras_source`.
+pub const KP_RAS_NR: u32 = 6;
+
 /// `#define KP_ABI_VERSION 1`.
 pub const KP_ABI_VERSION: u32 = 1;
 /// `#define KP_COMM_LEN 16`.
 pub const KP_COMM_LEN: u32 = 16;
+/// `#define KP_DRIVER_LEN 32`.
+pub const KP_DRIVER_LEN: u32 = 32;
 /// `#define KP_IFNAME_LEN 16`.
 pub const KP_IFNAME_LEN: u32 = 16;
 /// `#define KP_IOT_F_DIRECT (1u << 0)`: some fs IO of the file went through iomap direct IO.
@@ -107,6 +150,10 @@ pub const KP_OOM_HAS_SCORE_ADJ: u32 = 16;
 pub const KP_OOM_HAS_UID: u32 = 4;
 /// `#define KP_OOM_HAS_VICTIM_MEMCG (1u << 5)`: victim_memcg_id (victim == current).
 pub const KP_OOM_HAS_VICTIM_MEMCG: u32 = 32;
+/// `#define KP_RAS_DATA_LEN 64`: bytes kept of a non-standard section's raw data.
+pub const KP_RAS_DATA_LEN: u32 = 64;
+/// `#define KP_RAS_STR_LEN 64`: bytes kept of each EDAC string.
+pub const KP_RAS_STR_LEN: u32 = 64;
 /// `#define KP_RX_F_IPV4 (1u << 0)`: saddr/daddr/l4_proto valid.
 pub const KP_RX_F_IPV4: u32 = 1;
 /// `#define KP_RX_F_TCP (1u << 1)`: sport/dport/seq/ack_seq/tcp_flags valid.
@@ -1513,6 +1560,818 @@ impl IotPath {
 }
 
 impl Default for IotPath {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_tcp_retransmit_event`, 136 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpRetransmitEvent {
+    /// `struct kp_event_header hdr` at byte 0: current (often the timer softirq's interrupted
+    /// task, or the sender).
+    pub hdr: EventHeader,
+    /// `__u64 skb_addr` at byte 48: skb retransmitted; 0 for SYNACK and TLP.
+    pub skb_addr: u64,
+    /// `__u64 netns_cookie` at byte 56: net->net_cookie of the socket's netns, 0 if n/a.
+    pub netns_cookie: u64,
+    /// `__u32 netns_inum` at byte 64: inode of the socket's net namespace.
+    pub netns_inum: u32,
+    /// `__u32 seq` at byte 68: SKB: TCP_SKB_CB(skb)->seq; TLP: snd_nxt.
+    pub seq: u32,
+    /// `__u32 end_seq` at byte 72: SKB: TCP_SKB_CB(skb)->end_seq, else 0.
+    pub end_seq: u32,
+    /// `__u32 ack_seq` at byte 76: SKB: tp->rcv_nxt; TLP: snd_una.
+    pub ack_seq: u32,
+    /// `__u32 reord_seen` at byte 80: tp->reord_seen (cumulative).
+    pub reord_seen: u32,
+    /// `__u32 dsack_dups` at byte 84: tp->dsack_dups (cumulative).
+    pub dsack_dups: u32,
+    /// `__s32 err` at byte 88: SKB: the retransmit's result (6.x tracepoint `err`), else 0.
+    pub err: i32,
+    /// `__u16 sport` at byte 92: local port, host order.
+    pub sport: u16,
+    /// `__u16 dport` at byte 94: remote port, host order.
+    pub dport: u16,
+    /// `__u16 family` at byte 96: AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// `__u8 source` at byte 98: enum kp_tcp_retrans_source.
+    pub source: u8,
+    /// `__u8 state` at byte 99: sk_state (TCP_ESTABLISHED = 1 ...; 12 TCP_NEW_SYN_RECV for
+    /// SYNACK).
+    pub state: u8,
+    /// `__u8 ca_state` at byte 100: icsk_ca_state: 0 Open, 1 Disorder, 2 CWR, 3 Recovery, 4
+    /// Loss.
+    pub ca_state: u8,
+    /// `__u8 tcp_flags` at byte 101: SKB: TCP_SKB_CB(skb)->tcp_flags, else 0.
+    pub tcp_flags: u8,
+    /// `__u8 retransmits` at byte 102: icsk_retransmits, or the request's num_retrans.
+    pub retransmits: u8,
+    /// `__u8 icsk_pending` at byte 103: icsk_pending timer: 1 RTO, 3 probe0, 5 TLP, ...
+    pub icsk_pending: u8,
+    /// `__u8 saddr[16]` at bytes 104..120: local address, network order (IPv4: 4 bytes).
+    pub saddr: [u8; 16],
+    /// `__u8 daddr[16]` at bytes 120..136: remote address, network order (IPv4: 4 bytes).
+    pub daddr: [u8; 16],
+}
+
+impl TcpRetransmitEvent {
+    /// `sizeof(struct kp_tcp_retransmit_event)`.
+    pub const SIZE: usize = 136;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            skb_addr: u64::from_le_bytes(take(b, at + 48)),
+            netns_cookie: u64::from_le_bytes(take(b, at + 56)),
+            netns_inum: u32::from_le_bytes(take(b, at + 64)),
+            seq: u32::from_le_bytes(take(b, at + 68)),
+            end_seq: u32::from_le_bytes(take(b, at + 72)),
+            ack_seq: u32::from_le_bytes(take(b, at + 76)),
+            reord_seen: u32::from_le_bytes(take(b, at + 80)),
+            dsack_dups: u32::from_le_bytes(take(b, at + 84)),
+            err: i32::from_le_bytes(take(b, at + 88)),
+            sport: u16::from_le_bytes(take(b, at + 92)),
+            dport: u16::from_le_bytes(take(b, at + 94)),
+            family: u16::from_le_bytes(take(b, at + 96)),
+            source: u8::from_le_bytes(take(b, at + 98)),
+            state: u8::from_le_bytes(take(b, at + 99)),
+            ca_state: u8::from_le_bytes(take(b, at + 100)),
+            tcp_flags: u8::from_le_bytes(take(b, at + 101)),
+            retransmits: u8::from_le_bytes(take(b, at + 102)),
+            icsk_pending: u8::from_le_bytes(take(b, at + 103)),
+            saddr: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 104 + i0))),
+            daddr: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 120 + i0))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.skb_addr.to_le_bytes());
+        put(out, at + 56, &self.netns_cookie.to_le_bytes());
+        put(out, at + 64, &self.netns_inum.to_le_bytes());
+        put(out, at + 68, &self.seq.to_le_bytes());
+        put(out, at + 72, &self.end_seq.to_le_bytes());
+        put(out, at + 76, &self.ack_seq.to_le_bytes());
+        put(out, at + 80, &self.reord_seen.to_le_bytes());
+        put(out, at + 84, &self.dsack_dups.to_le_bytes());
+        put(out, at + 88, &self.err.to_le_bytes());
+        put(out, at + 92, &self.sport.to_le_bytes());
+        put(out, at + 94, &self.dport.to_le_bytes());
+        put(out, at + 96, &self.family.to_le_bytes());
+        put(out, at + 98, &self.source.to_le_bytes());
+        put(out, at + 99, &self.state.to_le_bytes());
+        put(out, at + 100, &self.ca_state.to_le_bytes());
+        put(out, at + 101, &self.tcp_flags.to_le_bytes());
+        put(out, at + 102, &self.retransmits.to_le_bytes());
+        put(out, at + 103, &self.icsk_pending.to_le_bytes());
+        for (i0, v0) in self.saddr.iter().enumerate() {
+            put(out, at + 104 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.daddr.iter().enumerate() {
+            put(out, at + 120 + i0, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for TcpRetransmitEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_txqueue_timeout_event`, 112 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TxqueueTimeoutEvent {
+    /// `struct kp_event_header hdr` at byte 0: current (the dev_watchdog timer's CPU).
+    pub hdr: EventHeader,
+    /// `__s32 queue_index` at byte 48: TX queue that timed out.
+    pub queue_index: i32,
+    /// `__u32 ifindex` at byte 52: device ifindex (tp_btf only), else 0.
+    pub ifindex: u32,
+    /// `__u32 netns_inum` at byte 56: device's net namespace (tp_btf only), else 0.
+    pub netns_inum: u32,
+    /// `__u32 _pad0` at byte 60: zero.
+    pub _pad0: u32,
+    /// `char name[16]` at bytes 64..80: device name.
+    pub name: [u8; 16],
+    /// `char driver[32]` at bytes 80..112: driver name (netdev_drivername).
+    pub driver: [u8; 32],
+}
+
+impl TxqueueTimeoutEvent {
+    /// `sizeof(struct kp_txqueue_timeout_event)`.
+    pub const SIZE: usize = 112;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `name` up to its first NUL (lossy UTF-8).
+    pub fn name_str(&self) -> String {
+        c_str(&self.name)
+    }
+
+    /// `driver` up to its first NUL (lossy UTF-8).
+    pub fn driver_str(&self) -> String {
+        c_str(&self.driver)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            queue_index: i32::from_le_bytes(take(b, at + 48)),
+            ifindex: u32::from_le_bytes(take(b, at + 52)),
+            netns_inum: u32::from_le_bytes(take(b, at + 56)),
+            _pad0: u32::from_le_bytes(take(b, at + 60)),
+            name: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 64 + i0))),
+            driver: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 80 + i0))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.queue_index.to_le_bytes());
+        put(out, at + 52, &self.ifindex.to_le_bytes());
+        put(out, at + 56, &self.netns_inum.to_le_bytes());
+        put(out, at + 60, &self._pad0.to_le_bytes());
+        for (i0, v0) in self.name.iter().enumerate() {
+            put(out, at + 64 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.driver.iter().enumerate() {
+            put(out, at + 80 + i0, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for TxqueueTimeoutEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_mce_event`, 160 bytes.
+///
+/// KP_EV_RAS_MCE (160 bytes): a machine-check record (fields 0 where the
+/// kernel's tracepoint lacks them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasMceEvent {
+    /// `struct kp_event_header hdr` at byte 0: current.
+    pub hdr: EventHeader,
+    /// `__u64 mcgcap` at byte 48: MCG_CAP.
+    pub mcgcap: u64,
+    /// `__u64 mcgstatus` at byte 56: MCG_STATUS.
+    pub mcgstatus: u64,
+    /// `__u64 status` at byte 64: MCi_STATUS (bit 61 UC, 44 deferred).
+    pub status: u64,
+    /// `__u64 addr` at byte 72: MCi_ADDR.
+    pub addr: u64,
+    /// `__u64 misc` at byte 80: MCi_MISC.
+    pub misc: u64,
+    /// `__u64 synd` at byte 88: MCA_SYND (AMD SMCA).
+    pub synd: u64,
+    /// `__u64 ipid` at byte 96: MCA_IPID (AMD SMCA).
+    pub ipid: u64,
+    /// `__u64 ip` at byte 104: instruction pointer.
+    pub ip: u64,
+    /// `__u64 tsc` at byte 112: TSC at the error.
+    pub tsc: u64,
+    /// `__u64 ppin` at byte 120: protected processor inventory number.
+    pub ppin: u64,
+    /// `__u64 walltime` at byte 128: wall time, seconds since the epoch.
+    pub walltime: u64,
+    /// `__u32 cpu` at byte 136: CPU that logged it.
+    pub cpu: u32,
+    /// `__u32 cpuid` at byte 140: CPUID(1).EAX.
+    pub cpuid: u32,
+    /// `__u32 apicid` at byte 144: 144.
+    pub apicid: u32,
+    /// `__u32 socketid` at byte 148: 148.
+    pub socketid: u32,
+    /// `__u32 microcode` at byte 152: microcode revision.
+    pub microcode: u32,
+    /// `__u8 cs` at byte 156: code segment.
+    pub cs: u8,
+    /// `__u8 bank` at byte 157: MCA bank.
+    pub bank: u8,
+    /// `__u8 cpuvendor` at byte 158: X86_VENDOR_*.
+    pub cpuvendor: u8,
+    /// `__u8 _pad0` at byte 159: zero.
+    pub _pad0: u8,
+}
+
+impl RasMceEvent {
+    /// `sizeof(struct kp_ras_mce_event)`.
+    pub const SIZE: usize = 160;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            mcgcap: u64::from_le_bytes(take(b, at + 48)),
+            mcgstatus: u64::from_le_bytes(take(b, at + 56)),
+            status: u64::from_le_bytes(take(b, at + 64)),
+            addr: u64::from_le_bytes(take(b, at + 72)),
+            misc: u64::from_le_bytes(take(b, at + 80)),
+            synd: u64::from_le_bytes(take(b, at + 88)),
+            ipid: u64::from_le_bytes(take(b, at + 96)),
+            ip: u64::from_le_bytes(take(b, at + 104)),
+            tsc: u64::from_le_bytes(take(b, at + 112)),
+            ppin: u64::from_le_bytes(take(b, at + 120)),
+            walltime: u64::from_le_bytes(take(b, at + 128)),
+            cpu: u32::from_le_bytes(take(b, at + 136)),
+            cpuid: u32::from_le_bytes(take(b, at + 140)),
+            apicid: u32::from_le_bytes(take(b, at + 144)),
+            socketid: u32::from_le_bytes(take(b, at + 148)),
+            microcode: u32::from_le_bytes(take(b, at + 152)),
+            cs: u8::from_le_bytes(take(b, at + 156)),
+            bank: u8::from_le_bytes(take(b, at + 157)),
+            cpuvendor: u8::from_le_bytes(take(b, at + 158)),
+            _pad0: u8::from_le_bytes(take(b, at + 159)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.mcgcap.to_le_bytes());
+        put(out, at + 56, &self.mcgstatus.to_le_bytes());
+        put(out, at + 64, &self.status.to_le_bytes());
+        put(out, at + 72, &self.addr.to_le_bytes());
+        put(out, at + 80, &self.misc.to_le_bytes());
+        put(out, at + 88, &self.synd.to_le_bytes());
+        put(out, at + 96, &self.ipid.to_le_bytes());
+        put(out, at + 104, &self.ip.to_le_bytes());
+        put(out, at + 112, &self.tsc.to_le_bytes());
+        put(out, at + 120, &self.ppin.to_le_bytes());
+        put(out, at + 128, &self.walltime.to_le_bytes());
+        put(out, at + 136, &self.cpu.to_le_bytes());
+        put(out, at + 140, &self.cpuid.to_le_bytes());
+        put(out, at + 144, &self.apicid.to_le_bytes());
+        put(out, at + 148, &self.socketid.to_le_bytes());
+        put(out, at + 152, &self.microcode.to_le_bytes());
+        put(out, at + 156, &self.cs.to_le_bytes());
+        put(out, at + 157, &self.bank.to_le_bytes());
+        put(out, at + 158, &self.cpuvendor.to_le_bytes());
+        put(out, at + 159, &self._pad0.to_le_bytes());
+    }
+}
+
+impl Default for RasMceEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_mc_event`, 272 bytes.
+///
+/// KP_EV_RAS_EDAC (272 bytes): a memory-controller error (ras/mc_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasMcEvent {
+    /// `struct kp_event_header hdr` at byte 0: current.
+    pub hdr: EventHeader,
+    /// `__s64 address` at byte 48: page address of the error.
+    pub address: i64,
+    /// `__s64 syndrome` at byte 56: syndrome of the error.
+    pub syndrome: i64,
+    /// `__u32 error_type` at byte 64: 0 corrected, 1 uncorrected, 2 deferred, 3 fatal, 4 info
+    /// (enum hw_event_mc_err_type).
+    pub error_type: u32,
+    /// `__u16 error_count` at byte 68: 68.
+    pub error_count: u16,
+    /// `__u8 mc_index` at byte 70: memory controller.
+    pub mc_index: u8,
+    /// `__u8 grain_bits` at byte 71: grain = 1 << grain_bits bytes.
+    pub grain_bits: u8,
+    /// `__s8 top_layer` at byte 72: location, -1 = unknown.
+    pub top_layer: i8,
+    /// `__s8 middle_layer` at byte 73: 73.
+    pub middle_layer: i8,
+    /// `__s8 lower_layer` at byte 74: 74.
+    pub lower_layer: i8,
+    /// `__u8 _pad0` at byte 75: zero.
+    pub _pad0: u8,
+    /// `__u32 _pad1` at byte 76: zero.
+    pub _pad1: u32,
+    /// `char msg[64]` at bytes 80..144: error message.
+    pub msg: [u8; 64],
+    /// `char label[64]` at bytes 144..208: DIMM label(s).
+    pub label: [u8; 64],
+    /// `char driver_detail[64]` at bytes 208..272: driver's detail.
+    pub driver_detail: [u8; 64],
+}
+
+impl RasMcEvent {
+    /// `sizeof(struct kp_ras_mc_event)`.
+    pub const SIZE: usize = 272;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `msg` up to its first NUL (lossy UTF-8).
+    pub fn msg_str(&self) -> String {
+        c_str(&self.msg)
+    }
+
+    /// `label` up to its first NUL (lossy UTF-8).
+    pub fn label_str(&self) -> String {
+        c_str(&self.label)
+    }
+
+    /// `driver_detail` up to its first NUL (lossy UTF-8).
+    pub fn driver_detail_str(&self) -> String {
+        c_str(&self.driver_detail)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            address: i64::from_le_bytes(take(b, at + 48)),
+            syndrome: i64::from_le_bytes(take(b, at + 56)),
+            error_type: u32::from_le_bytes(take(b, at + 64)),
+            error_count: u16::from_le_bytes(take(b, at + 68)),
+            mc_index: u8::from_le_bytes(take(b, at + 70)),
+            grain_bits: u8::from_le_bytes(take(b, at + 71)),
+            top_layer: i8::from_le_bytes(take(b, at + 72)),
+            middle_layer: i8::from_le_bytes(take(b, at + 73)),
+            lower_layer: i8::from_le_bytes(take(b, at + 74)),
+            _pad0: u8::from_le_bytes(take(b, at + 75)),
+            _pad1: u32::from_le_bytes(take(b, at + 76)),
+            msg: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 80 + i0))),
+            label: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 144 + i0))),
+            driver_detail: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 208 + i0))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.address.to_le_bytes());
+        put(out, at + 56, &self.syndrome.to_le_bytes());
+        put(out, at + 64, &self.error_type.to_le_bytes());
+        put(out, at + 68, &self.error_count.to_le_bytes());
+        put(out, at + 70, &self.mc_index.to_le_bytes());
+        put(out, at + 71, &self.grain_bits.to_le_bytes());
+        put(out, at + 72, &self.top_layer.to_le_bytes());
+        put(out, at + 73, &self.middle_layer.to_le_bytes());
+        put(out, at + 74, &self.lower_layer.to_le_bytes());
+        put(out, at + 75, &self._pad0.to_le_bytes());
+        put(out, at + 76, &self._pad1.to_le_bytes());
+        for (i0, v0) in self.msg.iter().enumerate() {
+            put(out, at + 80 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.label.iter().enumerate() {
+            put(out, at + 144 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.driver_detail.iter().enumerate() {
+            put(out, at + 208 + i0, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for RasMcEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_non_standard_event`, 184 bytes.
+///
+/// KP_EV_RAS_NON_STANDARD (184 bytes): an ACPI GHES non-standard section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasNonStandardEvent {
+    /// `struct kp_event_header hdr` at byte 0: current.
+    pub hdr: EventHeader,
+    /// `__u8 sec_type[16]` at bytes 48..64: section type GUID, raw bytes.
+    pub sec_type: [u8; 16],
+    /// `__u8 fru_id[16]` at bytes 64..80: FRU id GUID, raw bytes.
+    pub fru_id: [u8; 16],
+    /// `__u32 len` at byte 80: bytes of raw data in the section.
+    pub len: u32,
+    /// `__u8 sev` at byte 84: GHES severity: 0 none, 1 corrected, 2 recoverable, 3 panic.
+    pub sev: u8,
+    /// `__u8 _pad0[3]` at bytes 85..88: zero.
+    pub _pad0: [u8; 3],
+    /// `char fru_text[32]` at bytes 88..120: FRU text.
+    pub fru_text: [u8; 32],
+    /// `__u8 data[64]` at bytes 120..184: first bytes of the raw data.
+    pub data: [u8; 64],
+}
+
+impl RasNonStandardEvent {
+    /// `sizeof(struct kp_ras_non_standard_event)`.
+    pub const SIZE: usize = 184;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `fru_text` up to its first NUL (lossy UTF-8).
+    pub fn fru_text_str(&self) -> String {
+        c_str(&self.fru_text)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            sec_type: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 48 + i0))),
+            fru_id: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 64 + i0))),
+            len: u32::from_le_bytes(take(b, at + 80)),
+            sev: u8::from_le_bytes(take(b, at + 84)),
+            _pad0: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 85 + i0))),
+            fru_text: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 88 + i0))),
+            data: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 120 + i0))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        for (i0, v0) in self.sec_type.iter().enumerate() {
+            put(out, at + 48 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.fru_id.iter().enumerate() {
+            put(out, at + 64 + i0, &v0.to_le_bytes());
+        }
+        put(out, at + 80, &self.len.to_le_bytes());
+        put(out, at + 84, &self.sev.to_le_bytes());
+        for (i0, v0) in self._pad0.iter().enumerate() {
+            put(out, at + 85 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.fru_text.iter().enumerate() {
+            put(out, at + 88 + i0, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.data.iter().enumerate() {
+            put(out, at + 120 + i0, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for RasNonStandardEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_aer_event`, 104 bytes.
+///
+/// KP_EV_RAS_AER (104 bytes): a PCIe AER error (ras/aer_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasAerEvent {
+    /// `struct kp_event_header hdr` at byte 0: current.
+    pub hdr: EventHeader,
+    /// `__u32 status` at byte 48: AER status register bits.
+    pub status: u32,
+    /// `__u8 severity` at byte 52: 0 uncorrected non-fatal, 1 fatal, 2 correctable.
+    pub severity: u8,
+    /// `__u8 tlp_header_valid` at byte 53: 53.
+    pub tlp_header_valid: u8,
+    /// `__u16 _pad0` at byte 54: zero.
+    pub _pad0: u16,
+    /// `__u32 tlp_header[4]` at bytes 56..72: first 4 dwords of the TLP header log.
+    pub tlp_header: [u32; 4],
+    /// `char dev_name[32]` at bytes 72..104: PCI device name, e.g. 0000:00:1c.0.
+    pub dev_name: [u8; 32],
+}
+
+impl RasAerEvent {
+    /// `sizeof(struct kp_ras_aer_event)`.
+    pub const SIZE: usize = 104;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    /// `dev_name` up to its first NUL (lossy UTF-8).
+    pub fn dev_name_str(&self) -> String {
+        c_str(&self.dev_name)
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            status: u32::from_le_bytes(take(b, at + 48)),
+            severity: u8::from_le_bytes(take(b, at + 52)),
+            tlp_header_valid: u8::from_le_bytes(take(b, at + 53)),
+            _pad0: u16::from_le_bytes(take(b, at + 54)),
+            tlp_header: core::array::from_fn(|i0| u32::from_le_bytes(take(b, at + 56 + i0 * 4))),
+            dev_name: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 72 + i0))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.status.to_le_bytes());
+        put(out, at + 52, &self.severity.to_le_bytes());
+        put(out, at + 53, &self.tlp_header_valid.to_le_bytes());
+        put(out, at + 54, &self._pad0.to_le_bytes());
+        for (i0, v0) in self.tlp_header.iter().enumerate() {
+            put(out, at + 56 + i0 * 4, &v0.to_le_bytes());
+        }
+        for (i0, v0) in self.dev_name.iter().enumerate() {
+            put(out, at + 72 + i0, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for RasAerEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_thr_event`, 56 bytes.
+///
+/// KP_EV_RAS_THR (56 bytes): an MCE threshold interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasThrEvent {
+    /// `struct kp_event_header hdr` at byte 0: current; hdr.cpu = the CPU interrupted.
+    pub hdr: EventHeader,
+    /// `__s32 vector` at byte 48: interrupt vector.
+    pub vector: i32,
+    /// `__u32 _pad0` at byte 52: zero.
+    pub _pad0: u32,
+}
+
+impl RasThrEvent {
+    /// `sizeof(struct kp_ras_thr_event)`.
+    pub const SIZE: usize = 56;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            vector: i32::from_le_bytes(take(b, at + 48)),
+            _pad0: u32::from_le_bytes(take(b, at + 52)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.vector.to_le_bytes());
+        put(out, at + 52, &self._pad0.to_le_bytes());
+    }
+}
+
+impl Default for RasThrEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_ras_arm_event`, 96 bytes.
+///
+/// KP_EV_RAS_ARM (96 bytes): an ARM processor error section (ras/arm_event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RasArmEvent {
+    /// `struct kp_event_header hdr` at byte 0: current.
+    pub hdr: EventHeader,
+    /// `__u64 mpidr` at byte 48: 48.
+    pub mpidr: u64,
+    /// `__u64 midr` at byte 56: 56.
+    pub midr: u64,
+    /// `__u32 running_state` at byte 64: ~0 = not given; bit 0 = running.
+    pub running_state: u32,
+    /// `__u32 psci_state` at byte 68: 68.
+    pub psci_state: u32,
+    /// `__s32 cpu` at byte 72: -1 if the tracepoint has no cpu.
+    pub cpu: i32,
+    /// `__u32 pei_len` at byte 76: bytes of processor error info.
+    pub pei_len: u32,
+    /// `__u32 ctx_len` at byte 80: bytes of context info.
+    pub ctx_len: u32,
+    /// `__u32 oem_len` at byte 84: bytes of vendor info.
+    pub oem_len: u32,
+    /// `__u8 affinity` at byte 88: affinity level, 0xff = not given.
+    pub affinity: u8,
+    /// `__u8 sev` at byte 89: CPER severity, 0xff if not given.
+    pub sev: u8,
+    /// `__u16 _pad0` at byte 90: zero.
+    pub _pad0: u16,
+    /// `__u32 _pad1` at byte 92: zero.
+    pub _pad1: u32,
+}
+
+impl RasArmEvent {
+    /// `sizeof(struct kp_ras_arm_event)`.
+    pub const SIZE: usize = 96;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            mpidr: u64::from_le_bytes(take(b, at + 48)),
+            midr: u64::from_le_bytes(take(b, at + 56)),
+            running_state: u32::from_le_bytes(take(b, at + 64)),
+            psci_state: u32::from_le_bytes(take(b, at + 68)),
+            cpu: i32::from_le_bytes(take(b, at + 72)),
+            pei_len: u32::from_le_bytes(take(b, at + 76)),
+            ctx_len: u32::from_le_bytes(take(b, at + 80)),
+            oem_len: u32::from_le_bytes(take(b, at + 84)),
+            affinity: u8::from_le_bytes(take(b, at + 88)),
+            sev: u8::from_le_bytes(take(b, at + 89)),
+            _pad0: u16::from_le_bytes(take(b, at + 90)),
+            _pad1: u32::from_le_bytes(take(b, at + 92)),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.mpidr.to_le_bytes());
+        put(out, at + 56, &self.midr.to_le_bytes());
+        put(out, at + 64, &self.running_state.to_le_bytes());
+        put(out, at + 68, &self.psci_state.to_le_bytes());
+        put(out, at + 72, &self.cpu.to_le_bytes());
+        put(out, at + 76, &self.pei_len.to_le_bytes());
+        put(out, at + 80, &self.ctx_len.to_le_bytes());
+        put(out, at + 84, &self.oem_len.to_le_bytes());
+        put(out, at + 88, &self.affinity.to_le_bytes());
+        put(out, at + 89, &self.sev.to_le_bytes());
+        put(out, at + 90, &self._pad0.to_le_bytes());
+        put(out, at + 92, &self._pad1.to_le_bytes());
+    }
+}
+
+impl Default for RasArmEvent {
     /// All zeros.
     fn default() -> Self {
         Self::read(&[], 0)

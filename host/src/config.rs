@@ -271,7 +271,7 @@ pub struct PolicyConfig {
 pub const BUILTIN_PROFILE_PLUGINS: [&str; 2] = ["cpusys", "cpuidle"];
 
 /// The built-in plugins that use BPF.
-pub const BUILTIN_BPF_PLUGINS: [&str; 8] = [
+pub const BUILTIN_BPF_PLUGINS: [&str; 11] = [
     "softirq",
     "oom",
     "softlockup",
@@ -280,6 +280,9 @@ pub const BUILTIN_BPF_PLUGINS: [&str; 8] = [
     "dropwatch",
     "net_rx_latency",
     "iotracing",
+    "tcp_retransmit",
+    "netdev_txqueue_timeout",
+    "ras",
 ];
 
 impl Default for PolicyConfig {
