@@ -117,6 +117,32 @@ impl Registry {
             }
         }
     }
+
+    /// HUATUO's `cores` of a container: CFS quota / period, else the cpuset's size, else
+    /// the `online` CPUs.
+    pub fn cores(&self, container: &Container, online: u32, malformed: &mut u64) -> f64 {
+        let quota = self.dir(container, "cpu").and_then(|dir| {
+            if dir.v2 {
+                quota_cores_v2(&self.read(&dir, "cpu.max")?, malformed)
+            } else {
+                let quota = self.read(&dir, "cpu.cfs_quota_us")?;
+                let period = self.read(&dir, "cpu.cfs_period_us")?;
+                quota_cores_v1(&quota, &period, malformed)
+            }
+        });
+        if let Some(cores) = quota {
+            return cores;
+        }
+        let cpuset = self.dir(container, "cpuset").and_then(|dir| {
+            let file = if dir.v2 {
+                "cpuset.cpus.effective"
+            } else {
+                "cpuset.cpus"
+            };
+            cpu_list_len(&self.read(&dir, file)?, malformed)
+        });
+        f64::from(cpuset.unwrap_or(online).max(1))
+    }
 }
 
 /// `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`, `cpuacct.stat`).

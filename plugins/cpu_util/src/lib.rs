@@ -37,7 +37,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kpulse_sdk::containers::Container;
 use kpulse_sdk::prelude::*;
 use kpulse_sdk::procfs::CpuTimes;
 
@@ -159,36 +158,6 @@ impl ContainerCpu {
     }
 }
 
-/// HUATUO's `cores`: CFS quota / period, else the cpuset's size, else the online CPUs.
-fn container_cores(
-    registry: &Registry,
-    container: &Container,
-    online: u32,
-    malformed: &mut u64,
-) -> f64 {
-    let quota = registry.dir(container, "cpu").and_then(|dir| {
-        if dir.v2 {
-            cgroup::quota_cores_v2(&registry.read(&dir, "cpu.max")?, malformed)
-        } else {
-            let quota = registry.read(&dir, "cpu.cfs_quota_us")?;
-            let period = registry.read(&dir, "cpu.cfs_period_us")?;
-            cgroup::quota_cores_v1(&quota, &period, malformed)
-        }
-    });
-    if let Some(cores) = quota {
-        return cores;
-    }
-    let cpuset = registry.dir(container, "cpuset").and_then(|dir| {
-        let file = if dir.v2 {
-            "cpuset.cpus.effective"
-        } else {
-            "cpuset.cpus"
-        };
-        cgroup::cpu_list_len(&registry.read(&dir, file)?, malformed)
-    });
-    f64::from(cpuset.unwrap_or(online).max(1))
-}
-
 impl CpuUtil {
     /// Reads every container's CPU time, advances its interval and returns its samples.
     fn collect_containers(&mut self, online: u32) -> Vec<Metric> {
@@ -200,7 +169,7 @@ impl CpuUtil {
                 continue;
             };
             let at = Instant::now();
-            let cores = container_cores(&self.registry, c, online, &mut self.malformed);
+            let cores = self.registry.cores(c, online, &mut self.malformed);
             seen.push(c.id.clone());
             let state = self
                 .containers

@@ -42,7 +42,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kpulse_sdk::containers::Container;
 use kpulse_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -227,37 +226,6 @@ fn score(util: &Percents, delta: &Percents, thresholds: &[(f64, f64); 3]) -> Opt
     score
 }
 
-/// HUATUO's `cores`: CFS quota / period, else the cpuset's size, else the online CPUs
-/// (`cpu_util`'s rule).
-fn container_cores(
-    registry: &Registry,
-    container: &Container,
-    online: u32,
-    malformed: &mut u64,
-) -> f64 {
-    let quota = registry.dir(container, "cpu").and_then(|dir| {
-        if dir.v2 {
-            cgroup::quota_cores_v2(&registry.read(&dir, "cpu.max")?, malformed)
-        } else {
-            let quota = registry.read(&dir, "cpu.cfs_quota_us")?;
-            let period = registry.read(&dir, "cpu.cfs_period_us")?;
-            cgroup::quota_cores_v1(&quota, &period, malformed)
-        }
-    });
-    if let Some(cores) = quota {
-        return cores;
-    }
-    let cpuset = registry.dir(container, "cpuset").and_then(|dir| {
-        let file = if dir.v2 {
-            "cpuset.cpus.effective"
-        } else {
-            "cpuset.cpus"
-        };
-        cgroup::cpu_list_len(&registry.read(&dir, file)?, malformed)
-    });
-    f64::from(cpuset.unwrap_or(online).max(1))
-}
-
 impl ContainerCpu {
     /// Takes a reading: a complete interval gives new percents and changes.
     fn advance(&mut self, now: CpuUsage, at: Instant, cores: f64) {
@@ -303,7 +271,7 @@ impl Cpuidle {
                 continue;
             };
             let at = Instant::now();
-            let cores = container_cores(&self.registry, c, online, &mut self.malformed);
+            let cores = self.registry.cores(c, online, &mut self.malformed);
             seen.push(c.id.clone());
             let Some(state) = self.containers.get_mut(&c.id) else {
                 self.containers.insert(
