@@ -13,8 +13,9 @@ parts="$work/parts"
 rm -rf "$parts"
 mkdir -p "$parts"
 
-# Every section into parts/<name> (carriage returns of the serial line removed).
-tr -d '\r' <"$console" | awk -v dir="$parts" '
+# Every section into parts/<name> (carriage returns of the serial line and the terminal
+# escapes the firmware prints before the kernel removed).
+tr -d '\r' <"$console" | sed -E 's/\x1b(\[[?0-9;]*[a-zA-Z]|c)//g' | awk -v dir="$parts" '
     /^@@KM BEGIN [a-z_]+@@$/ { name = $3; sub(/@@$/, "", name); file = dir "/" name; printf "" > file; next }
     /^@@KM END [a-z_]+@@$/ { close(file); file = ""; next }
     /^@@KM FACT / { fact = $0; sub(/^@@KM FACT /, "", fact); sub(/@@$/, "", fact); print fact > (dir "/facts"); next }
@@ -196,10 +197,11 @@ check "OOM event attributed to its container (BPF + cgroup v2)" "$ok" \
     echo "(host $(uname -r)); qemu run ${elapsed} s. Kernel config: CONFIG_KPROBES=$(kconfig_value KPROBES),"
     echo "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=$(kconfig_value DYNAMIC_FTRACE_WITH_DIRECT_CALLS) (fentry),"
     echo "CONFIG_DEBUG_INFO_BTF=$(kconfig_value DEBUG_INFO_BTF), CONFIG_UPROBES=$(kconfig_value UPROBES)."
-    echo "Plugins compiled in the guest: $(grep -c 'source=Compiled' "$parts/agent_log" || true)"
-    echo "($(grep -o 'compile_ms=[0-9]*' "$parts/agent_log" | awk -F= '{ t += $2 } END { printf "%.0f", t / 1000 }') s of"
-    echo "compilation), loaded from the compile cache: $(grep -c 'source=Cached' "$parts/agent_log" || true)"
-    echo "(cache disk mounted: $(fact cache_disk)); agent ready $(fact agent_ready_s) s after boot."
+    compiled=$(grep -c 'source=Compiled' "$parts/agent_log" || true)
+    compile_secs=$(grep -o 'compile_ms=[0-9]*' "$parts/agent_log" | awk -F= '{ t += $2 } END { printf "%.0f", t / 1000 }')
+    echo "Agent ready $(fact agent_ready_s) s after boot; plugins compiled in the guest: $compiled"
+    echo "(${compile_secs} s of compilation), loaded from the compile cache: $(grep -c 'source=Cached' "$parts/agent_log" || true)"
+    echo "(cache disk mounted: $(fact cache_disk))."
     echo "cgroup: v2 only; $(sed -n 's/^root.subtree_control: /root subtree_control: /p' "$parts/cgroup" 2>/dev/null)."
     echo
     echo "## Checks"
@@ -225,6 +227,10 @@ check "OOM event attributed to its container (BPF + cgroup v2)" "$ok" \
     echo "tcp_retransmit exports \`tlp_attached\`. Programs of objects a plugin loads only on a"
     echo "trigger (iotracing) are not loaded at the sample."
     echo
+    echo "A program's section is its default point: a plugin may attach it elsewhere, e.g."
+    echo "iolatency's iol_freeze at the older name blk_mq_freeze_queue where the newer one is"
+    echo "missing (its log says which)."
+    echo
     echo "| plugin | program section | function | kernel type | attached | via |"
     echo "|---|---|---|---|---|---|"
     jq -r '.[] | "| \(.plugin) | \(.section) | \(.function) | \(if .loaded then .kernel_type else "not loaded" end) | \(if .attached then "yes" else "no" end) | \(.via) |"' "$parts/attach.json"
@@ -232,10 +238,10 @@ check "OOM event attributed to its container (BPF + cgroup v2)" "$ok" \
     echo "Kernel totals: links by type: $(jq -r 'group_by(.type) | map("\(.[0].type) \(length)") | join(", ")' "$parts/link.json");"
     echo "programs by type: $(jq -r 'group_by(.type) | map("\(.[0].type) \(length)") | join(", ")' "$parts/prog.json")."
     echo
-    echo "Attach failures and not-supported notes in the agent log:"
+    echo "Attach failures, fallbacks and not-supported notes in the agent log:"
     echo
     echo '```'
-    grep -E 'BPF attach failed|not supported|not-supported|NotSupported' "$parts/agent_log" | cut -c1-400 || echo "(none)"
+    grep -E 'BPF attach failed|not supported|not-supported|traced at|not traced' "$parts/agent_log" | cut -c1-400 || echo "(none)"
     echo '```'
     echo
     echo "## cgroup v2 attribution of the test container"
