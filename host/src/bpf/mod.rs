@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use aya::maps::{Map, MapData};
 use aya::programs::{
-    BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint, UProbe,
+    BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
+    UProbe,
     perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     uprobe::{UProbeAttachLocation, UProbeScope},
 };
@@ -195,6 +196,17 @@ fn kernel_btf() -> Result<Arc<Btf>, BpfError> {
     Ok(btf)
 }
 
+/// Loads a program unless an earlier attach of the same program already did. A plugin may
+/// try several points for one program (a kprobe on a function's newer name, then its older
+/// one), and an attach that fails after the load leaves the program loaded. Not for fentry,
+/// fexit and tp_btf: their load binds the program to its target.
+fn load_once(result: Result<(), ProgramError>) -> Result<(), ProgramError> {
+    match result {
+        Err(ProgramError::AlreadyLoaded) => Ok(()),
+        other => other,
+    }
+}
+
 /// The errno behind an error, found by walking its sources to an `io::Error`.
 fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -330,7 +342,7 @@ impl BpfObject {
                 let tp: &mut TracePoint = prog
                     .try_into()
                     .map_err(|e| context("program type of", &e))?;
-                tp.load().map_err(|e| context("load", &e))?;
+                load_once(tp.load()).map_err(|e| context("load", &e))?;
                 tp.attach(category, name)
                     .map_err(|e| context(&format!("attach tracepoint {category}/{name} to"), &e))?;
             }
@@ -338,7 +350,7 @@ impl BpfObject {
                 let tp: &mut RawTracePoint = prog
                     .try_into()
                     .map_err(|e| context("program type of", &e))?;
-                tp.load().map_err(|e| context("load", &e))?;
+                load_once(tp.load()).map_err(|e| context("load", &e))?;
                 tp.attach(name)
                     .map_err(|e| context(&format!("attach raw tracepoint {name} to"), &e))?;
             }
@@ -360,7 +372,7 @@ impl BpfObject {
                 let probe: &mut KProbe = prog
                     .try_into()
                     .map_err(|e| context("program type of", &e))?;
-                probe.load().map_err(|e| context("load", &e))?;
+                load_once(probe.load()).map_err(|e| context("load", &e))?;
                 probe
                     .attach(function, 0)
                     .map_err(|e| context(&format!("attach kprobe {function} to"), &e))?;
@@ -403,7 +415,7 @@ impl BpfObject {
                 let probe: &mut UProbe = prog
                     .try_into()
                     .map_err(|e| context("program type of", &e))?;
-                probe.load().map_err(|e| context("load", &e))?;
+                load_once(probe.load()).map_err(|e| context("load", &e))?;
                 let location = if target.symbol.is_empty() {
                     UProbeAttachLocation::AbsoluteOffset(target.offset)
                 } else {
@@ -789,6 +801,30 @@ mod tests {
             vec!["tracepoint/skb/kfree_skb".to_owned()]
         );
         assert!(found[0].size <= object.len());
+    }
+
+    /// A failed attach leaves the program loaded; the plugin's next point for the same
+    /// program must still attach (iolatency's kprobe on a renamed function, found by
+    /// scripts/kernel-matrix.sh on 6.1, takes the same path). Needs root, as every BPF test.
+    #[test]
+    fn retries_a_program_at_another_point_after_a_failed_attach() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/build/dropwatch.bpf.o");
+        let Ok(elf) = std::fs::read(path) else {
+            panic!("{path} missing: run make -C ebpf");
+        };
+        let mut object = BpfObject::load(&elf, &[]).expect("load dropwatch.bpf.o");
+        let missing = AttachPoint::Tracepoint {
+            category: "skb".to_owned(),
+            name: "no_such_tracepoint".to_owned(),
+        };
+        assert!(object.attach("kfree_skb", &missing).is_err());
+        let real = AttachPoint::Tracepoint {
+            category: "skb".to_owned(),
+            name: "kfree_skb".to_owned(),
+        };
+        object
+            .attach("kfree_skb", &real)
+            .expect("the second point attaches the already loaded program");
     }
 
     #[test]
