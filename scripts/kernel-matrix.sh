@@ -9,7 +9,9 @@
 #
 #   scripts/kernel-matrix.sh [KERNEL_PACKAGE]
 #
-# KERNEL_PACKAGE is a Debian package name or an apt glob; the newest match is used. Default:
+# KERNEL_PACKAGE is a Debian package name or a pattern whose * matches within one
+# dash-separated part (so ...-*-amd64-unsigned is not the cloud flavour); the newest match is
+# used. Default:
 # linux-image-6.1.0-*-cloud-amd64-unsigned (bookworm's 6.1 with kprobes, fentry and BTF).
 # Writes target/kernel-matrix/<package>/report.md (and console.log, the raw serial console);
 # exits non-zero when a check fails. Environment:
@@ -18,9 +20,10 @@
 #   KM_MIN_RUNNING   plugins that must be running (default: tests/kernel-matrix/expect.conf)
 #   KM_MEMORY_MIB, KM_CPUS  the guest's size (1024, 2)
 #   KM_FRESH=1       start from an empty compile cache (see below)
-# The agent's compile cache (<data_dir>/cache) lives on a small ext4 disk image kept in
-# target/kernel-matrix/<package>/cache.img: the first run compiles every plugin under
-# emulation (about 3.5 minutes here), later runs load the unchanged ones from the cache.
+# The agent's compile cache (<data_dir>/cache) lives on a small ext4 disk image,
+# target/kernel-matrix/cache.img, shared by every kernel (the artifacts depend on the
+# emulated CPU, not on the kernel): the first run compiles every plugin under emulation
+# (4 to 6 minutes here), later runs load the unchanged ones from the cache.
 # Uses the existing target/release/kpulse and target/plugins/*.wasm; builds them only when
 # missing.
 set -euo pipefail
@@ -59,7 +62,7 @@ resolve_package() {
 }
 glob_to_regex() {
     local re="${1//./\\.}"
-    echo "${re//\*/.*}"
+    echo "${re//\*/[^-]*}"
 }
 package="$(resolve_package "$pattern")"
 if [ -z "$package" ]; then
@@ -83,9 +86,10 @@ fi
 vmlinuz="$(compgen -G "$work/kernel/boot/vmlinuz-*" | head -n 1)"
 kconfig="$(compgen -G "$work/kernel/boot/config-*" | head -n 1)"
 release="${vmlinuz##*/vmlinuz-}"
-# The cloud kernel has virtio and virtio_blk as modules: the cache disk needs them loaded.
+# Debian's kernels have virtio_blk (and the generic one ext4) as modules: the cache disk
+# needs them loaded.
 [ -f "$work/kernel/lib/modules/$release/modules.dep" ] || depmod -b "$work/kernel" "$release"
-cache_img="$work/cache.img"
+cache_img=target/kernel-matrix/cache.img
 [ "${KM_FRESH:-0}" = 1 ] && rm -f "$cache_img"
 if [ ! -f "$cache_img" ]; then
     truncate -s 1G "$cache_img"
@@ -108,10 +112,11 @@ build_initramfs() {
         cp -L "$lib" "$root$lib"
     done
     cp target/plugins/*.wasm "$root/plugins/"
-    # The modules behind /dev/vda, in load order.
+    # The modules behind the cache disk (/dev/vda, ext4), in load order; those a kernel has
+    # built in are skipped.
     local module
     : >"$root/etc/km-modules"
-    for module in $(modprobe -a -d "$work/kernel" -S "$release" --show-depends virtio_pci virtio_blk |
+    for module in $(modprobe -a -d "$work/kernel" -S "$release" --show-depends virtio_pci virtio_blk ext4 crc32c_generic |
         sed -n 's/^insmod \([^ ]*\).*/\1/p' | awk '!seen[$0]++'); do
         mkdir -p "$root/modules"
         cp "$module" "$root/modules/"
