@@ -299,9 +299,14 @@ fn iolatency_zones_of_a_throttled_loop_disk_and_not_of_an_idle_one() {
     let after = parse_exposition(&agent.metrics());
     let (q1, d1) = zones(&after, HOST, &slow_disk.disk(), |_| true);
     let (q, d) = (delta(&q1, &q0), delta(&d1, &d0));
+    let own = |name: &str| after[&format!("{HOST}{name}")][0].1;
     eprintln!(
-        "slow disk {}: {completed} requests completed; q2c zones {q:?}, d2c zones {d:?}",
-        slow_disk.disk()
+        "slow disk {}: {completed} requests completed; q2c zones {q:?}, d2c zones {d:?}; \
+         agent-wide: {} requests timed, {} untimed, {} without q2c",
+        slow_disk.disk(),
+        own("requests_total"),
+        own("requests_untimed_total"),
+        own("requests_without_q2c_total"),
     );
 
     assert!(
