@@ -271,6 +271,17 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
                 ("bpf", None) => by_policy(&defaults.bpf_allow),
                 ("kallsyms", None) => by_policy(&defaults.kallsyms_allow),
                 ("rx-timestamps", None) => "granted",
+                ("statfs", None) => {
+                    if crate::containers::policy_allows(
+                        &defaults.statfs_allow,
+                        &info.name,
+                        &prepared.sha256,
+                    ) {
+                        "granted by the default policy"
+                    } else {
+                        "denied by the default policy"
+                    }
+                }
                 ("containers", None) => {
                     if crate::containers::policy_allows(
                         &defaults.containers_allow,

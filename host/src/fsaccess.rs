@@ -1,9 +1,13 @@
 //! Capability-checked, read-only access to `/proc`, `/sys` and the cgroup filesystem.
 //!
-//! Each root is opened once with ambient authority; every plugin request is then resolved
-//! inside it through cap-std (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`), so
-//! no path, symlink or magic link can leave the root. On top of that a path must lie below a
-//! prefix the plugin declared *and* the operator allows, and never touch a secret.
+//! Guests always name `/proc/...`, `/sys/...` and `/sys/fs/cgroup/...`; the host finds them
+//! under `policy.proc_root`, `policy.sys_root` and `policy.cgroup_root` (`/host/proc` in a
+//! DaemonSet, a recorded tree in fixture tests). Each root is opened once with ambient
+//! authority; every plugin request is then resolved inside it through cap-std (`openat2`
+//! with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`), so no path, symlink or magic link can
+//! leave the root. On top of that the guest's path must lie below a prefix the plugin
+//! declared *and* the operator allows, and never touch a secret: every rule applies to the
+//! path the guest names, whatever root it maps to.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,6 +19,8 @@ use crate::config::PolicyConfig;
 
 /// Largest file a plugin may read in one call.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Where guests see the cgroup filesystem, whatever `policy.cgroup_root` is.
+pub const CGROUP_PREFIX: &str = "/sys/fs/cgroup";
 /// Largest directory listing returned in one call.
 pub const MAX_DIR_ENTRIES: usize = 65_536;
 
@@ -45,8 +51,10 @@ pub enum EntryKind {
 /// The roots plugins can read from, opened once at start-up.
 #[derive(Debug)]
 pub struct FsAccess {
-    /// `(absolute prefix, directory)`, longest prefix first.
+    /// `(guest prefix, directory)`, longest prefix first.
     roots: Vec<(String, Dir)>,
+    /// The host directory behind `/proc` (for `statfs`, which resolves paths itself).
+    proc_root: std::path::PathBuf,
     allow: Vec<String>,
     deny: Vec<String>,
 }
@@ -69,30 +77,54 @@ impl ReadGrant {
 }
 
 impl FsAccess {
-    /// Opens `/proc`, `/sys` and the cgroup root. A root that cannot be opened is skipped
-    /// (reads below it then fail with `not-found`), so the agent still runs in odd sandboxes.
+    /// Opens the roots behind `/proc`, `/sys` and `/sys/fs/cgroup`. A root that cannot be
+    /// opened is skipped (reads below it then fail with `not-found`, or fall through to
+    /// `/sys` for the cgroup root), so the agent still runs in odd sandboxes.
     pub fn open(policy: &PolicyConfig) -> Self {
         let mut roots = Vec::new();
-        let cgroup = policy
-            .cgroup_root
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_owned();
-        for prefix in [cgroup.as_str(), "/proc", "/sys"] {
-            if prefix.is_empty() || roots.iter().any(|(p, _)| p == prefix) {
-                continue;
-            }
-            match Dir::open_ambient_dir(prefix, ambient_authority()) {
+        let cgroup = policy.cgroup_root();
+        let mapping = [
+            (CGROUP_PREFIX, cgroup.as_path()),
+            ("/proc", policy.proc_root.as_path()),
+            ("/sys", policy.sys_root.as_path()),
+        ];
+        for (prefix, root) in mapping {
+            match Dir::open_ambient_dir(root, ambient_authority()) {
                 Ok(dir) => roots.push((prefix.to_owned(), dir)),
-                Err(err) => tracing::warn!(root = prefix, %err, "cannot open filesystem root"),
+                Err(err) => tracing::warn!(
+                    guest = prefix,
+                    root = %root.display(),
+                    %err,
+                    "cannot open filesystem root"
+                ),
             }
         }
         roots.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Self {
             roots,
+            proc_root: policy.proc_root.clone(),
             allow: policy.allow_read.clone(),
             deny: policy.deny_read.clone(),
         }
+    }
+
+    /// The host directory behind the guests' `/proc`.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    /// Reads a file for the host itself (the `statfs` interface's mount table), through the
+    /// same roots but without a plugin's grant: the caller picks the path, not a guest.
+    pub fn read_host_file(&self, path: &str) -> Result<Vec<u8>, FsError> {
+        let path = normalize(path)?;
+        let (dir, rel) = self.locate(&path)?;
+        let mut file = dir.open(&rel).map_err(|err| io_error(&path, &err))?;
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(MAX_FILE_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|err| io_error(&path, &err))?;
+        Ok(bytes)
     }
 
     /// Intersects what a plugin declared (`read:<prefix>`) with the policy.
@@ -167,6 +199,21 @@ impl FsAccess {
         Ok(target.to_string_lossy().into_owned())
     }
 
+    /// Opens a directory the plugin may read, for a host query that takes a descriptor
+    /// (taskstats `CGROUPSTATS` of a cgroup directory, `net` interface).
+    pub fn open_dir(&self, grant: &ReadGrant, path: &str) -> Result<std::fs::File, FsError> {
+        use cap_std::fs::OpenOptionsExt;
+        let (dir, rel, path) = self.resolve(grant, path)?;
+        let rel = if rel.is_empty() { "." } else { rel.as_str() };
+        // A readable descriptor: the kernel ignores an `O_PATH` one (what `open_dir` gives).
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.read(true).custom_flags(libc::O_DIRECTORY);
+        let opened = dir
+            .open_with(rel, &options)
+            .map_err(|err| io_error(&path, &err))?;
+        Ok(opened.into_std())
+    }
+
     /// Checks a path and maps it to a root and a path relative to it.
     fn resolve(&self, grant: &ReadGrant, raw: &str) -> Result<(&Dir, String, String), FsError> {
         let path = normalize(raw)?;
@@ -193,10 +240,16 @@ impl FsAccess {
                 return Err(FsError::Denied(format!("{path} is a secret ({secret})")));
             }
         }
+        let (dir, rel) = self.locate(&path)?;
+        Ok((dir, rel, path))
+    }
+
+    /// The root a normalized guest path lies in, and the path relative to it.
+    fn locate(&self, path: &str) -> Result<(&Dir, String), FsError> {
         for (prefix, dir) in &self.roots {
-            if is_below(&path, prefix) {
+            if is_below(path, prefix) {
                 let rel = path[prefix.len()..].trim_start_matches('/').to_owned();
-                return Ok((dir, rel, path));
+                return Ok((dir, rel));
             }
         }
         Err(FsError::Denied(format!(
@@ -401,6 +454,63 @@ mod tests {
         let entries = fs.read_dir(&grant, "/proc").expect("list /proc");
         assert!(entries.iter().any(|(name, _)| name == "self"));
         assert!(fs.read_file(&grant, "/proc/self/stat").is_ok());
+    }
+
+    /// The recorded node of `tests/fixtures/roots/node1` as `/proc` and `/sys`.
+    fn fixture() -> FsAccess {
+        let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/roots/node1");
+        FsAccess::open(&PolicyConfig {
+            proc_root: node.join("proc"),
+            sys_root: node.join("sys"),
+            ..PolicyConfig::default()
+        })
+    }
+
+    #[test]
+    fn remapped_roots_serve_guest_paths() {
+        let fs = fixture();
+        let grant = fs.grant(&["/proc".to_owned(), "/sys".to_owned()]);
+        let load = fs
+            .read_file(&grant, "/proc/loadavg")
+            .expect("fixture loadavg");
+        assert_eq!(load, b"0.42 0.37 0.30 2/181 4242\n");
+        let xfs = fs.read_dir(&grant, "/sys/fs/xfs").expect("fixture xfs");
+        let mut names: Vec<String> = xfs.into_iter().map(|(name, _)| name).collect();
+        names.sort();
+        assert_eq!(names, ["dm-3", "sdb1", "stats"]);
+        // A link inside the tree resolves inside it.
+        assert_eq!(
+            fs.read_file(&grant, "/proc/inside").expect("inner link"),
+            load
+        );
+    }
+
+    #[test]
+    fn remapped_roots_keep_the_sandbox() {
+        let fs = fixture();
+        let grant = fs.grant(&["/proc".to_owned(), "/sys".to_owned()]);
+        // Symlinks that leave the recorded tree, absolute or by `..`.
+        for path in ["/proc/escape-abs/passwd", "/proc/escape-rel/passwd"] {
+            assert!(
+                matches!(fs.read_file(&grant, path), Err(FsError::Denied(_))),
+                "{path}: {:?}",
+                fs.read_file(&grant, path)
+            );
+        }
+        assert!(matches!(
+            fs.read_file(&grant, "/proc/../../../etc/passwd"),
+            Err(FsError::Invalid(_))
+        ));
+        // Secrets are secrets by the guest's path, whatever root it maps to.
+        for path in ["/proc/kallsyms", "/proc/1/environ"] {
+            assert!(
+                matches!(fs.read_file(&grant, path), Err(FsError::Denied(_))),
+                "{path}"
+            );
+        }
+        // The host's own reads stay below the root too.
+        assert!(fs.read_host_file("/proc/escape-abs/passwd").is_err());
+        assert!(fs.read_host_file("/proc/1/mountinfo").is_ok());
     }
 
     #[test]
