@@ -61,7 +61,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .runtime
         .compile_cache
         .then(|| config.data_dir.join("cache"));
-    let runtime = Runtime::new(cache)?;
+    let runtime = Runtime::new(cache)?.compile_in_child(crate::runtime::compiler::current_exe());
     let metrics = AgentMetrics::new(&config.metrics.prefix);
     let containers =
         crate::containers::Registry::start(config.containers.clone(), metrics.containers.clone())

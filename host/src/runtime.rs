@@ -8,6 +8,8 @@
 //! The epoch ticker only runs while some guest call is in progress ([`Runtime::deadline`]
 //! hands out a guard per call), so an idle agent does not wake 100 times a second.
 
+pub mod compiler;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     engine_hash: String,
     ticker: Arc<EpochTicker>,
+    /// The executable to compile in (see [`compiler`]); `None` compiles in process.
+    compiler: Option<PathBuf>,
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while at least one guest call runs,
@@ -94,12 +98,8 @@ impl Runtime {
     /// Creates the engine, links WASI (without grants) and the kpulse imports, and starts
     /// the epoch ticker thread.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        // Guest stack use is bounded well below the 2 MiB of the actor threads.
-        config.max_wasm_stack(512 * 1024);
-        let engine = Engine::new(&config).map_err(|err| RuntimeError::Engine(err.to_string()))?;
+        let engine = Engine::new(&compiler::engine_config())
+            .map_err(|err| RuntimeError::Engine(err.to_string()))?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -152,7 +152,16 @@ impl Runtime {
             cache_dir,
             engine_hash,
             ticker,
+            compiler: None,
         })
+    }
+
+    /// Compiles in child processes running `exe` (`kpulse __compile`) rather than in this
+    /// one, so a long-lived agent keeps none of Cranelift's code or working memory resident.
+    /// Falls back to compiling in process when the child cannot be run.
+    pub fn compile_in_child(mut self, exe: PathBuf) -> Self {
+        self.compiler = Some(exe);
+        self
     }
 
     /// Sets the deadline of the next guest call on `store` and keeps the epoch ticking
@@ -226,6 +235,15 @@ impl Runtime {
             message: format!("{err:#}"),
         };
         let Some(dir) = &self.cache_dir else {
+            if self.compiler.is_some() {
+                let bytes = self.precompile(file, wasm)?;
+                // SAFETY: `bytes` was produced just now by `precompile` for this engine's
+                // configuration.
+                #[allow(unsafe_code, reason = "deserializing bytes compiled for this engine")]
+                let component = unsafe { Component::deserialize(&self.engine, &bytes) }
+                    .map_err(compile_error)?;
+                return Ok((component, CompileSource::Compiled));
+            }
             let component = Component::new(&self.engine, wasm).map_err(compile_error);
             crate::heap::release_free_heap();
             let component = component?;
@@ -246,14 +264,7 @@ impl Runtime {
                 }
             }
         }
-        let bytes = self
-            .engine
-            .precompile_component(wasm)
-            .map_err(compile_error);
-        // Cranelift's working memory is freed by now; give it back rather than keep tens of
-        // MiB resident after start-up.
-        crate::heap::release_free_heap();
-        let bytes = bytes?;
+        let bytes = self.precompile(file, wasm)?;
         match write_private(&artifact, &bytes) {
             Ok(()) => {
                 // Map the artifact just written, as a cached load does: the code pages are
@@ -273,11 +284,43 @@ impl Runtime {
                 tracing::warn!(artifact = %artifact.display(), %err, "cannot write compile cache");
             }
         }
-        // SAFETY: `bytes` was produced just now by this engine's `precompile_component`.
-        #[allow(unsafe_code, reason = "deserializing bytes this engine just compiled")]
+        // SAFETY: `bytes` was produced just now by `precompile` for this engine's
+        // configuration.
+        #[allow(unsafe_code, reason = "deserializing bytes compiled for this engine")]
         let component =
             unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(compile_error)?;
         Ok((component, CompileSource::Compiled))
+    }
+
+    /// The serialized artifact of `wasm`: from a compiler process when there is one, else
+    /// compiled here.
+    fn precompile(&self, file: &str, wasm: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+        let compile_error = |message: String| RuntimeError::Compile {
+            file: file.to_owned(),
+            message,
+        };
+        if let Some(exe) = &self.compiler {
+            match compiler::compile_in_child(exe, wasm) {
+                Ok(bytes) => return Ok(bytes),
+                Err(compiler::ChildError::Invalid(message)) => {
+                    return Err(compile_error(message));
+                }
+                Err(err @ compiler::ChildError::Failed(_)) => {
+                    return Err(compile_error(err.to_string()));
+                }
+                Err(err @ compiler::ChildError::Unavailable(_)) => {
+                    tracing::warn!(%file, %err, "compiling in the agent instead");
+                }
+            }
+        }
+        let bytes = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|err| compile_error(format!("{err:#}")));
+        // Cranelift's working memory is freed by now; give it back rather than keep tens of
+        // MiB resident after start-up.
+        crate::heap::release_free_heap();
+        bytes
     }
 
     /// A store for one plugin instance.
@@ -325,7 +368,17 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(bytes)?;
+    // In small writes: the page cache then holds the artifact in small folios, and a page
+    // fault in the mapped code maps only the pages around it. One large write makes large
+    // folios (ext4 on recent kernels), and the first call into a component would map its
+    // whole code into the agent's RSS, executed or not.
+    for chunk in bytes.chunks(ARTIFACT_WRITE_CHUNK) {
+        file.write_all(chunk)?;
+    }
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+/// Bytes per write of a compiled artifact (see [`write_private`]): the kernel's fault-around
+/// window, so smaller writes would gain nothing.
+const ARTIFACT_WRITE_CHUNK: usize = 64 * 1024;

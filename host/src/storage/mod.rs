@@ -32,7 +32,7 @@ mod writer;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use crate::config::StorageConfig;
@@ -192,7 +192,9 @@ struct StoreInner {
     dir: PathBuf,
     host: HostInfo,
     max_document_bytes: usize,
-    sender: Option<SyncSender<Line>>,
+    sender: Option<Sender<Line>>,
+    /// Lines the writer may have queued at once ([`StoreStats::queued`] counts them).
+    queue_capacity: u64,
     stats: Arc<StoreStats>,
     ids: IdGenerator,
     sink: Option<Arc<dyn Sink>>,
@@ -222,7 +224,9 @@ impl Store {
             if config.local {
                 std::fs::create_dir_all(&dir)?;
             }
-            let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
+            // Unbounded, with the bound kept by `queued`: a bounded std channel allocates
+            // (and touches) every slot up front, 3.5 MiB resident for the default capacity.
+            let (sender, receiver) = std::sync::mpsc::channel();
             let writer = Writer {
                 local: config.local,
                 sink: sink.clone(),
@@ -247,6 +251,7 @@ impl Store {
                 host,
                 max_document_bytes: config.max_document_kib * 1024,
                 sender,
+                queue_capacity: u64::try_from(config.queue_capacity).unwrap_or(u64::MAX),
                 stats,
                 ids,
                 sink,
@@ -303,20 +308,17 @@ impl Store {
             tracer: request.tracer_name.to_owned(),
             text,
         };
-        match sender.try_send(line) {
-            Ok(()) => {
-                inner.stats.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(tracer_id)
-            }
-            Err(err) => {
-                let cause = match err {
-                    TrySendError::Full(_) => DropCause::QueueFull,
-                    TrySendError::Disconnected(_) => DropCause::WriterStopped,
-                };
-                inner.stats.dropped(cause).fetch_add(1, Ordering::Relaxed);
-                Err(SaveError::QueueFull)
-            }
-        }
+        // Counted before it is sent, so concurrent savers cannot overshoot the capacity.
+        let cause = if inner.stats.queued.fetch_add(1, Ordering::AcqRel) >= inner.queue_capacity {
+            DropCause::QueueFull
+        } else if sender.send(line).is_err() {
+            DropCause::WriterStopped
+        } else {
+            return Ok(tracer_id);
+        };
+        inner.stats.queued.fetch_sub(1, Ordering::AcqRel);
+        inner.stats.dropped(cause).fetch_add(1, Ordering::Relaxed);
+        Err(SaveError::QueueFull)
     }
 }
 
@@ -356,6 +358,76 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("{n} documents for {tracer} were not written");
+    }
+
+    /// A sink that holds the writer in `accept` until released.
+    struct HeldSink {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        accepted: AtomicU64,
+    }
+
+    impl Sink for HeldSink {
+        fn accept(&self, _line: &str) {
+            let _ = self.entered.send(());
+            if let Ok(release) = self.release.lock() {
+                let _ = release.recv();
+            }
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        fn flush(&self) {}
+        fn metrics(&self) -> Vec<SinkMetric> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_documents_beyond_its_capacity() {
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(16);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let sink = Arc::new(HeldSink {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+            accepted: AtomicU64::new(0),
+        });
+        let config = StorageConfig {
+            local: false,
+            queue_capacity: 3,
+            ..StorageConfig::default()
+        };
+        let dir = std::env::temp_dir().join(format!("kpulse-queue-{}", std::process::id()));
+        let store =
+            Store::start_with_sink(&config, &dir, host(), Some(sink.clone() as Arc<dyn Sink>))
+                .expect("store starts");
+        // The writer takes the first document and is held in the sink with it.
+        store.save(&request("t", "{}", 1)).expect("queued");
+        entered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer reaches the sink");
+        for time in 2..=4 {
+            store
+                .save(&request("t", "{}", time))
+                .expect("room in the queue");
+        }
+        assert!(matches!(
+            store.save(&request("t", "{}", 5)),
+            Err(SaveError::QueueFull)
+        ));
+        assert_eq!(store.stats().dropped_queue_full.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats().queued.load(Ordering::Relaxed), 3);
+        // Released, the writer drains the queue: room again.
+        for _ in 0..4 {
+            release.send(()).expect("sink alive");
+        }
+        for _ in 0..200 {
+            if sink.accepted.load(Ordering::Relaxed) == 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(sink.accepted.load(Ordering::Relaxed), 4);
+        release.send(()).expect("sink alive");
+        store.save(&request("t", "{}", 6)).expect("room again");
     }
 
     fn all(limit: usize) -> EventQuery {
