@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 # promtool and a Prometheus server for /metrics; tools the fault-injection tests use.
-ensure_packages prometheus iproute2 e2fsprogs util-linux perl systemd binutils
+ensure_packages prometheus prometheus-node-exporter iproute2 e2fsprogs util-linux perl systemd binutils
 # tcp_retransmit tests drop packets with iptables' statistic match (nft-backed on Debian).
 ensure_packages iptables
+# The xfs plugin's tests loop-mount an XFS filesystem.
+ensure_packages xfsprogs
 # The status page test drives Debian's Chromium with playwright-core (npm, no browser download).
 ensure_packages chromium
 (cd tests/browser && npm install --no-audit --no-fund --silent)
@@ -52,3 +54,11 @@ set +a
 cargo test --release -p kpulse
 cargo test --release --workspace --exclude kpulse --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests
+# The kernel matrix (scripts/kernel-matrix.sh): the agent on Debian's 6.1 kernel under qemu
+# software emulation, for the kprobe, fentry and cgroup v2 paths this host lacks. About 4
+# minutes (compiling the plugins under emulation is most of it) plus a 27 MB download on the
+# first run, so opt-in: KPULSE_KERNEL_MATRIX=1 scripts/test.sh.
+if [ "${KPULSE_KERNEL_MATRIX:-0}" = 1 ]; then
+    echo "== kernel matrix"
+    scripts/kernel-matrix.sh
+fi

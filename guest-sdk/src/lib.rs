@@ -35,9 +35,11 @@ pub mod flame;
 pub mod fs;
 pub mod log;
 pub mod metric;
+pub mod net;
 pub mod procfs;
 pub mod profiler;
 pub mod records;
+pub mod statfs;
 pub mod storage;
 
 #[doc(hidden)]

@@ -88,6 +88,8 @@ fn main() {
         kallsyms: false,
         containers: false,
         profile: false,
+        net: false,
+        statfs: false,
         rx_timestamps: false,
     };
     let mut wasm_store = runtime.store(HostState::new(identity, services.clone(), 64 << 20, None));

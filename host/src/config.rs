@@ -249,8 +249,15 @@ pub struct PolicyConfig {
     /// Extra prefixes that are denied even when declared and allowed.
     #[serde(deserialize_with = "PathPrefix::list")]
     pub deny_read: Vec<String>,
-    /// Mount point of the cgroup filesystem (v1 hierarchy root or v2 mount).
-    pub cgroup_root: PathBuf,
+    /// Where the host finds what guests read as `/proc` (node_exporter's `--path.procfs`,
+    /// HUATUO's `--procfs-prefix`): `/host/proc` in a DaemonSet that mounts the node's
+    /// `/proc` there, or a recorded tree in fixture tests. Guests keep asking for `/proc/...`.
+    pub proc_root: PathBuf,
+    /// Where the host finds what guests read as `/sys` (`--path.sysfs`).
+    pub sys_root: PathBuf,
+    /// Where the host finds what guests read as `/sys/fs/cgroup` (v1 hierarchy root or v2
+    /// mount); `<sys_root>/fs/cgroup` when unset.
+    pub cgroup_root: Option<PathBuf>,
     /// Plugins allowed to load BPF (they must also declare the `bpf` capability): plugin
     /// names, or `sha256:<hex>` digests of plugin files. A digest pins an exact build; a
     /// name trusts whoever can write the plugin directory. Defaults to the built-in
@@ -265,13 +272,34 @@ pub struct PolicyConfig {
     /// Plugins allowed to start CPU profiles (`profile` capability): names or `sha256:<hex>`.
     /// The sampler is privileged BPF run by the host; defaults to the built-in profilers.
     pub profile_allow: Vec<String>,
+    /// Plugins allowed netlink queries through the host (`net` capability: links, qdiscs,
+    /// cgroup task counts, DCB, RDMA): names, `sha256:<hex>`, or `*` for every plugin that
+    /// declares it. Read-only, but it sees every device of the host: defaults to the
+    /// built-in collectors that need it.
+    pub net_allow: Vec<String>,
+    /// Plugins allowed filesystem usage and the mount table (`statfs` capability): names,
+    /// `sha256:<hex>`, or `*` for every plugin that declares it (the default).
+    pub statfs_allow: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// The host directory behind the guests' `/sys/fs/cgroup`.
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.cgroup_root
+            .clone()
+            .unwrap_or_else(|| self.sys_root.join("fs/cgroup"))
+    }
 }
 
 /// The built-in plugins that profile through the host (`profile` capability).
 pub const BUILTIN_PROFILE_PLUGINS: [&str; 2] = ["cpusys", "cpuidle"];
 
+/// The built-in plugins that query netlink through the host (`net` capability).
+pub const BUILTIN_NET_PLUGINS: [&str; 4] =
+    ["loadavg", "netdev_qdisc", "netdev_dcb", "netdev_rdma_link"];
+
 /// The built-in plugins that use BPF.
-pub const BUILTIN_BPF_PLUGINS: [&str; 11] = [
+pub const BUILTIN_BPF_PLUGINS: [&str; 15] = [
     "softirq",
     "oom",
     "softlockup",
@@ -283,6 +311,10 @@ pub const BUILTIN_BPF_PLUGINS: [&str; 11] = [
     "tcp_retransmit",
     "netdev_txqueue_timeout",
     "ras",
+    "iolatency",
+    "runqlat",
+    "memory_free",
+    "memory_reclaim",
 ];
 
 impl Default for PolicyConfig {
@@ -290,7 +322,9 @@ impl Default for PolicyConfig {
         Self {
             allow_read: vec!["/proc".to_owned(), "/sys".to_owned()],
             deny_read: Vec::new(),
-            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            cgroup_root: None,
             bpf_allow: BUILTIN_BPF_PLUGINS
                 .iter()
                 .map(|s| (*s).to_owned())
@@ -304,6 +338,11 @@ impl Default for PolicyConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            net_allow: BUILTIN_NET_PLUGINS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            statfs_allow: vec!["*".to_owned()],
         }
     }
 }
@@ -339,6 +378,22 @@ impl Config {
 
     /// What no single type can check: combinations of keys.
     fn check_combinations(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        // A relative root would depend on the agent's working directory.
+        let roots = [
+            ("proc_root", Some(&self.policy.proc_root)),
+            ("sys_root", Some(&self.policy.sys_root)),
+            ("cgroup_root", self.policy.cgroup_root.as_ref()),
+        ];
+        for (key, root) in roots {
+            if let Some(root) = root.filter(|root| !root.is_absolute()) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    at: span::find_key(text, &["policy", key]),
+                    key: Some(format!("policy.{key}")),
+                    message: format!("{} is not an absolute path", root.display()),
+                });
+            }
+        }
         if let Some(opensearch) = &mut self.storage.opensearch {
             opensearch
                 .validate()

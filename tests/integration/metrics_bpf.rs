@@ -26,8 +26,8 @@ use super::metrics_host::{HUATUO, Series, parse_exposition, read};
 
 const NS: &str = "kptest";
 const NO_CONTAINERS: &str = "[containers]\nenabled = false\n";
-const HOST_LATENCY: &str = "huatuo_bamai_runqlat_latency_total";
-const CONTAINER_LATENCY: &str = "huatuo_bamai_runqlat_container_latency_total";
+const HOST_LATENCY: &str = "huatuo_bamai_runqlat_latency";
+const CONTAINER_LATENCY: &str = "huatuo_bamai_runqlat_container_latency";
 const DIRECTSTALL: &str = "huatuo_bamai_memory_reclaim_container_directstall";
 
 /// HUATUO's container label names (without `region` and `host`, which the parser drops).

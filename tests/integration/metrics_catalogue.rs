@@ -646,18 +646,6 @@ fn promtool_accepts_the_whole_catalogue_in_both_formats_and_prefixes() {
 /// `huatuo-dashboard-metrics.txt` (less `stale`, `custom-kernel`) must return a series.
 const NOT_ON_THIS_MACHINE: &[(&str, &str)] = &[
     (
-        "huatuo_bamai_process_open_fds",
-        "not exported: HUATUO's comes from the Go client's process collector; the agent has process_cpu_seconds_total and process_resident_memory_bytes only",
-    ),
-    (
-        "huatuo_bamai_softirq_latency",
-        "exposed as huatuo_bamai_softirq_latency_total: a counter gets `_total` in the exposition, HUATUO's Go client exposes the bare name",
-    ),
-    (
-        "huatuo_bamai_runqlat_latency",
-        "exposed as huatuo_bamai_runqlat_latency_total: a counter gets `_total` in the exposition, HUATUO's Go client exposes the bare name",
-    ),
-    (
         "huatuo_bamai_iolatency_blkdisk_freeze",
         "needs a kprobe on blk_mq_freeze_queue*: kprobes do not attach on this kernel (iolatency answers not-supported for it)",
     ),

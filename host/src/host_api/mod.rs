@@ -28,7 +28,9 @@ mod containers;
 mod fs;
 mod host;
 mod log;
+mod net;
 mod profiler;
+mod statfs;
 mod storage;
 
 /// Bytes of guest stderr kept for error reports (panic messages end up here).
@@ -66,6 +68,10 @@ pub struct Identity {
     pub containers: bool,
     /// May start CPU profiles (`profile`, and `policy.profile_allow`).
     pub profile: bool,
+    /// May read filesystem usage and the mount table (`statfs`, and `policy.statfs_allow`).
+    pub statfs: bool,
+    /// May query netlink through the host (`net`, and `policy.net_allow`).
+    pub net: bool,
     /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
     pub rx_timestamps: bool,
 }

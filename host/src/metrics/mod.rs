@@ -42,6 +42,32 @@ type Labels = Vec<(String, String)>;
 enum Kind {
     Gauge,
     Counter,
+    /// A HUATUO counter that HUATUO exposes without `_total` ([`HUATUO_BARE_COUNTERS`]),
+    /// while a counter here always gets it. In `huatuo_bamai` mode it is exposed untyped, so
+    /// the dashboards' name matches and `rate()` over it still works.
+    Untyped,
+}
+
+/// The prefix under which names are HUATUO's exactly (`--prefix` of HUATUO's exporter).
+pub const HUATUO_PREFIX: &str = "huatuo_bamai";
+
+/// HUATUO's counters whose exposed name has no `_total` (its Go exporter keeps a counter's
+/// name as given), by family name without the prefix. Only these keep their bare name in
+/// `huatuo_bamai` mode: every other HUATUO counter is named with `_total`.
+const HUATUO_BARE_COUNTERS: [&str; 3] = [
+    "softirq_latency",
+    "runqlat_latency",
+    "runqlat_container_latency",
+];
+
+/// The family name a plugin's sample gets, without the prefix and the `_total` suffix.
+fn bare_name(plugin: &str, metric: &Metric) -> String {
+    let scope = if metric.container_id.is_some() {
+        "_container"
+    } else {
+        ""
+    };
+    format!("{plugin}{scope}_{}", metric.name)
 }
 
 /// One metric family of a scrape.
@@ -85,12 +111,13 @@ impl Collector for Snapshot {
             let metric_type = match family.kind {
                 Kind::Gauge => MetricType::Gauge,
                 Kind::Counter => MetricType::Counter,
+                Kind::Untyped => MetricType::Unknown,
             };
             let mut metric = encoder.encode_descriptor(name, &family.help, None, metric_type)?;
             for (labels, value) in &family.series {
                 let series = metric.encode_family(labels)?;
                 match family.kind {
-                    Kind::Gauge => ConstGauge::new(*value).encode(series)?,
+                    Kind::Gauge | Kind::Untyped => ConstGauge::new(*value).encode(series)?,
                     Kind::Counter => ConstCounter::new(*value).encode(series)?,
                 }
             }
@@ -260,6 +287,7 @@ impl Exposition {
         let mut dropped = 0u64;
         let containers = self.containers.snapshot();
         let cap = self.config.max_series_per_plugin;
+        let huatuo_names = self.config.prefix == HUATUO_PREFIX;
         for (index, metric) in metrics.into_iter().enumerate() {
             if index >= cap {
                 dropped += 1;
@@ -267,15 +295,21 @@ impl Exposition {
             }
             let kind = match metric.kind {
                 MetricKind::Gauge => Kind::Gauge,
+                MetricKind::Counter
+                    if huatuo_names
+                        && HUATUO_BARE_COUNTERS.contains(&bare_name(plugin, &metric).as_str()) =>
+                {
+                    Kind::Untyped
+                }
                 MetricKind::Counter => Kind::Counter,
             };
             // The exposition appends `_total` to counters itself.
             let base = match kind {
                 Kind::Counter => metric.name.strip_suffix("_total").unwrap_or(&metric.name),
-                Kind::Gauge => metric.name.as_str(),
+                Kind::Gauge | Kind::Untyped => metric.name.as_str(),
             };
             let valid_value = match kind {
-                Kind::Counter => metric.value.is_finite() && metric.value >= 0.0,
+                Kind::Counter | Kind::Untyped => metric.value.is_finite() && metric.value >= 0.0,
                 Kind::Gauge => true,
             };
             let valid_labels = metric.labels.len() <= 32
@@ -431,6 +465,16 @@ impl Exposition {
                 Kind::Gauge,
                 Vec::new(),
                 rss_bytes,
+            );
+        }
+        // node_exporter's and HUATUO's process collector have it; the dashboards query it.
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            snapshot.add(
+                "process_open_fds",
+                "Open file descriptors of the agent process.",
+                Kind::Gauge,
+                Vec::new(),
+                fds.count() as f64,
             );
         }
     }

@@ -334,6 +334,8 @@ impl IncarnationContext {
             kallsyms: spec.kallsyms,
             containers: spec.containers,
             profile: spec.profile,
+            net: spec.net,
+            statfs: spec.statfs,
             rx_timestamps: spec.info.capabilities.iter().any(|c| c == "rx-timestamps"),
         };
         let state = HostState::new(

@@ -60,7 +60,13 @@ impl Description {
                 !cap.starts_with("read:")
                     && !matches!(
                         cap.as_str(),
-                        "bpf" | "kallsyms" | "rx-timestamps" | "containers" | "profile"
+                        "bpf"
+                            | "kallsyms"
+                            | "rx-timestamps"
+                            | "containers"
+                            | "profile"
+                            | "net"
+                            | "statfs"
                     )
             })
             .cloned()
@@ -84,6 +90,8 @@ pub fn describe_with(
         kallsyms: false,
         containers: false,
         profile: false,
+        net: false,
+        statfs: false,
         rx_timestamps: false,
     };
     let mut store = runtime.store(HostState::new(identity, services, memory_bytes, None));

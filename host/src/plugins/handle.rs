@@ -34,6 +34,10 @@ pub struct PluginSpec {
     pub containers: bool,
     /// Whether the plugin may start CPU profiles.
     pub profile: bool,
+    /// Whether the plugin may query netlink through the host (`net` interface).
+    pub net: bool,
+    /// Whether the plugin may read filesystem usage and the mount table.
+    pub statfs: bool,
 }
 
 /// A plugin in the table.

@@ -174,6 +174,13 @@ impl PluginManager {
         let profile = declares("profile")
             && crate::bpf::policy_allows(&policy.profile_allow, &name, &prepared.sha256, true)
                 .is_ok();
+        let statfs = declares("statfs")
+            && crate::containers::policy_allows(&policy.statfs_allow, &name, &prepared.sha256);
+        let net = declares("net")
+            && crate::containers::policy_allows(&policy.net_allow, &name, &prepared.sha256);
+        if declares("net") && !net {
+            tracing::warn!(plugin = %name, "net not granted: not in policy.net_allow");
+        }
         if declares("profile") && !profile {
             tracing::warn!(plugin = %name, "profile not granted: not in policy.profile_allow");
         }
@@ -187,6 +194,8 @@ impl PluginManager {
             kallsyms,
             containers,
             profile,
+            net,
+            statfs,
             grant: self.services.fs.grant(&info.read_prefixes()),
             deadline: Duration::from_millis(self.config.deadline_ms(&name)),
             memory_bytes: self.config.memory_bytes(&name),
