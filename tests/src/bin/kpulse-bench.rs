@@ -2,7 +2,8 @@
 //! real components, side by side with node_exporter where a comparison makes sense.
 //!
 //! Run with `scripts/bench.sh` (it builds everything first). Sections:
-//! scrape latency, hot-reload latency (cached and cold compile), RSS with 10 plugins, idle CPU,
+//! scrape latency, the full metric catalogue against node_exporter (`catalogue`), hot-reload
+//! latency (cached and cold compile), RSS with 10 plugins, idle CPU,
 //! ring-buffer throughput (wasm path vs a native aya reader), workload overhead of the event
 //! plugins, live indexing into OpenSearch, `storage.save` latency with OpenSearch on.
 
@@ -18,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use kpulse_integration_tests::{Agent, guest_wasm, http, install, plugin_wasm, root, wait_for};
 
+// The full catalogue vs node_exporter (`kpulse-bench catalogue`).
+#[path = "../bench_catalogue.rs"]
+mod catalogue;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let all = args.is_empty();
@@ -25,6 +30,9 @@ fn main() {
     println!("# kpulse-bench ({} CPUs, kernel {})", cpus(), kernel());
     if want("scrape") {
         scrape();
+    }
+    if want("catalogue") {
+        catalogue::catalogue();
     }
     if want("reload") {
         reload();
@@ -339,14 +347,30 @@ fn footprint() {
     simple.metrics();
     // The real one: every built-in plugin, most of them BPF event collectors.
     let builtins = builtin_plugins();
-    let real = Agent::start("bench-idle-builtin", &builtins, "");
-    let running = builtins.len();
-    wait_for(Duration::from_secs(120), "built-in plugins running", || {
-        let plugins = real.plugins();
-        let settled = plugins.iter().filter(|p| p["state"] != "starting").count();
-        (plugins.len() == running && settled == running).then_some(())
+    let real = start_settled("bench-idle-builtin", &builtins);
+    // The same plugins under another kpulse binary (an earlier build), for a before/after
+    // comparison in one run: `KPULSE_BENCH_BASELINE=/path/to/kpulse`.
+    // Only the plugins that binary can load (`plugins validate`): newer ones may import
+    // interfaces it lacks. This binary runs the same set beside it.
+    let baseline = std::env::var_os("KPULSE_BENCH_BASELINE").map(|bin| {
+        let bin = PathBuf::from(bin);
+        let common: Vec<PathBuf> = builtins
+            .iter()
+            .filter(|plugin| {
+                Command::new(&bin)
+                    .args(["plugins", "validate"])
+                    .arg(plugin)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+            .cloned()
+            .collect();
+        let before = with_kpulse_bin(&bin, || start_settled("bench-idle-baseline", &common));
+        let after = start_settled("bench-idle-common", &common);
+        (bin, common.len(), before, after)
     });
-    real.metrics();
     let exporter = node_exporter();
     // Let start-up allocations settle before measuring the steady state.
     std::thread::sleep(Duration::from_secs(5));
@@ -354,6 +378,12 @@ fn footprint() {
     let real_pid = real.child.id();
     let start_simple = proc_cpu_seconds(simple_pid);
     let start_real = proc_cpu_seconds(real_pid);
+    let start_baseline = baseline.as_ref().map(|(_, _, before, after)| {
+        (
+            proc_cpu_seconds(before.child.id()),
+            proc_cpu_seconds(after.child.id()),
+        )
+    });
     let start_exporter = exporter.as_ref().map(|(c, _)| proc_cpu_seconds(c.id()));
     std::thread::sleep(Duration::from_secs(seconds));
     println!(
@@ -382,6 +412,20 @@ fn footprint() {
             start_real
         )
     );
+    if let (Some((bin, count, before, after)), Some((start_before, start_after))) =
+        (&baseline, start_baseline)
+    {
+        let label = format!("baseline {}, the {count} plugins it loads", bin.display());
+        println!(
+            "{}",
+            idle_row(&label, before.child.id(), seconds, start_before)
+        );
+        let label = format!("kpulse, the same {count} plugins");
+        println!(
+            "{}",
+            idle_row(&label, after.child.id(), seconds, start_after)
+        );
+    }
     if let (Some((mut child, _)), Some(start)) = (exporter, start_exporter) {
         println!(
             "{}",
@@ -389,6 +433,152 @@ fn footprint() {
         );
         let _ = child.kill();
         let _ = child.wait();
+    }
+    println!("\nWhere the RSS goes (`/proc/PID/smaps`, MiB):\n");
+    println!("| agent | {} |", SmapsBreakdown::COLUMNS.join(" | "));
+    println!("|---|{}", "---|".repeat(SmapsBreakdown::COLUMNS.len()));
+    println!(
+        "| {} plugins | {} |",
+        names.len(),
+        SmapsBreakdown::of(real_pid)
+    );
+    if let Some((_, count, before, after)) = &baseline {
+        let pid = before.child.id();
+        println!(
+            "| baseline, {count} plugins | {} |",
+            SmapsBreakdown::of(pid)
+        );
+        let pid = after.child.id();
+        println!("| {count} plugins | {} |", SmapsBreakdown::of(pid));
+    }
+    // A restart of the same agent: every component now comes from the compile cache.
+    let dir = real.dir.clone();
+    drop(real);
+    let restarted = Agent::start_in(dir, "");
+    wait_settled(&restarted, builtins.len());
+    // The shared kernel BTF is dropped 10 s after the last BPF load.
+    std::thread::sleep(Duration::from_secs(15));
+    let pid = restarted.child.id();
+    println!(
+        "| {} plugins, restarted on a warm compile cache ({:.1} MiB) | {} |",
+        names.len(),
+        rss_mib(pid),
+        SmapsBreakdown::of(pid)
+    );
+}
+
+/// Starts an agent with `plugins` and waits until none is starting any more, then scrapes once.
+fn start_settled(label: &str, plugins: &[PathBuf]) -> Agent {
+    let agent = Agent::start(label, plugins, "");
+    wait_settled(&agent, plugins.len());
+    agent
+}
+
+fn wait_settled(agent: &Agent, count: usize) {
+    wait_for(Duration::from_secs(180), "plugins settled", || {
+        let plugins = agent.plugins();
+        let settled = plugins.iter().filter(|p| p["state"] != "starting").count();
+        (plugins.len() == count && settled == count).then_some(())
+    });
+    agent.metrics();
+}
+
+/// Runs `start` with the harness pointed at another kpulse binary (`KPULSE_BIN`).
+fn with_kpulse_bin<T>(bin: &Path, start: impl FnOnce() -> T) -> T {
+    let previous = std::env::var_os("KPULSE_BIN");
+    // SAFETY: the bench is single-threaded here; agents are child processes.
+    #[allow(unsafe_code, reason = "setting an environment variable")]
+    unsafe {
+        std::env::set_var("KPULSE_BIN", bin);
+    }
+    let value = start();
+    // SAFETY: as above.
+    #[allow(unsafe_code, reason = "restoring an environment variable")]
+    unsafe {
+        match previous {
+            Some(previous) => std::env::set_var("KPULSE_BIN", previous),
+            None => std::env::remove_var("KPULSE_BIN"),
+        }
+    }
+    value
+}
+
+/// An agent's resident memory by kind of mapping, from `/proc/PID/smaps`.
+#[derive(Default)]
+struct SmapsBreakdown {
+    /// Compiled components mapped from the compile cache (code, data, CoW memory images).
+    cwasm: u64,
+    /// The kpulse binary's own mappings (text, read-only data, relocated data).
+    binary: u64,
+    /// BPF maps and ring buffers mapped into the agent.
+    bpf: u64,
+    /// The main malloc arena.
+    heap: u64,
+    /// Unnamed anonymous mappings: other malloc arenas, thread stacks, linear memories.
+    anonymous: u64,
+    /// Everything else (shared libraries, vdso, stack).
+    other: u64,
+}
+
+impl SmapsBreakdown {
+    const COLUMNS: [&str; 7] = [
+        "compiled components",
+        "binary",
+        "BPF maps",
+        "main heap",
+        "other anonymous (arenas, stacks, linear memories)",
+        "other",
+        "total",
+    ];
+
+    fn of(pid: u32) -> Self {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut breakdown = Self::default();
+        let mut name = String::new();
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                name = fields.nth(4).unwrap_or("").to_owned();
+                continue;
+            }
+            if first != "Rss:" {
+                continue;
+            }
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let slot = if name.ends_with(".cwasm") {
+                &mut breakdown.cwasm
+            } else if name.ends_with("/kpulse") {
+                &mut breakdown.binary
+            } else if name.starts_with("anon_inode:bpf") {
+                &mut breakdown.bpf
+            } else if name == "[heap]" {
+                &mut breakdown.heap
+            } else if name.is_empty() {
+                &mut breakdown.anonymous
+            } else {
+                &mut breakdown.other
+            };
+            *slot += kib;
+        }
+        breakdown
+    }
+}
+
+impl std::fmt::Display for SmapsBreakdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            self.cwasm,
+            self.binary,
+            self.bpf,
+            self.heap,
+            self.anonymous,
+            self.other,
+        ];
+        let total: u64 = parts.iter().sum();
+        let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
+        let cells: Vec<String> = parts.iter().map(|&kib| mib(kib)).collect();
+        write!(f, "{} | {}", cells.join(" | "), mib(total))
     }
 }
 
