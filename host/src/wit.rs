@@ -15,8 +15,9 @@ wasmtime::component::bindgen!({
 });
 
 pub use kpulse::plugin::types::{ErrorCode, Kinds, Level, MetricKind, RunType};
-pub use kpulse::plugin::{bpf, clock, containers, fs, host, log, net, profiler, storage, types};
-pub use kpulse::plugin::statfs;
+pub use kpulse::plugin::{
+    bpf, clock, containers, fs, host, log, net, profiler, statfs, storage, types,
+};
 
 /// The contract version this host implements; components built for another are refused.
 pub use crate::build_info::WIT_PACKAGE;

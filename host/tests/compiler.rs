@@ -27,7 +27,10 @@ fn artifact_from_the_child_loads_into_the_agents_engine() {
     let bytes = compile_in_child(kpulse(), COMPONENT.as_bytes()).unwrap();
     let engine = wasmtime::Engine::new(&engine_config()).unwrap();
     // SAFETY: the bytes come from this crate's own binary, compiled for `engine_config`.
-    #[allow(unsafe_code, reason = "deserializing an artifact the kpulse binary compiled")]
+    #[allow(
+        unsafe_code,
+        reason = "deserializing an artifact the kpulse binary compiled"
+    )]
     let component = unsafe { wasmtime::component::Component::deserialize(&engine, &bytes) };
     let component = component.unwrap();
     let exports: Vec<String> = component
