@@ -1,5 +1,13 @@
 //! Parsers for the common procfs files. Each `parse_*` function works on text (and is unit
 //! tested on the host); each reader fetches the file through [`crate::fs`].
+//!
+//! `/proc/loadavg` and `/proc/diskstats` are parsed by procfs-core (its parsers do no I/O).
+//! The rest are written here, because procfs-core either lacks the file (`/proc/net/sockstat`,
+//! `/proc/buddyinfo`, cgroup `memory.stat`), keeps fixed fields where the plugins export every
+//! key the kernel has (`Meminfo`, `Snmp` without TcpExt), fails the whole file on one bad line
+//! where a plugin must keep the other lines and count the bad one (`VmStat`,
+//! `InterfaceDeviceStatus`, `KernelStats`, which also insists on `btime` and `ctxt`), or slices
+//! `/proc/<pid>/stat` by offsets a malformed line makes panic.
 
 use std::collections::BTreeMap;
 
@@ -19,31 +27,21 @@ pub struct LoadAvg {
     pub last_pid: u64,
 }
 
-/// Parses `/proc/loadavg`: `0.20 0.18 0.12 1/80 11206`.
+/// Parses `/proc/loadavg`: `0.20 0.18 0.12 1/80 11206` (with procfs-core).
 pub fn parse_loadavg(text: &str) -> Result<LoadAvg> {
-    let bad = || Error::msg(format!("malformed /proc/loadavg: {:?}", text.trim()));
-    let mut fields = text.split_whitespace();
-    let mut float = || {
-        fields
-            .next()
-            .and_then(|f| f.parse::<f64>().ok())
-            .ok_or_else(bad)
-    };
-    let (load1, load5, load15) = (float()?, float()?, float()?);
-    let mut fields = text.split_whitespace().skip(3);
-    let (running, total) = fields
-        .next()
-        .and_then(|f| f.split_once('/'))
-        .and_then(|(r, t)| Some((r.parse().ok()?, t.parse().ok()?)))
-        .ok_or_else(bad)?;
-    let last_pid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    use procfs_core::FromRead;
+    let load = procfs_core::LoadAverage::from_read(text.as_bytes())
+        .map_err(|err| Error::msg(format!("malformed /proc/loadavg {:?}: {err}", text.trim())))?;
+    // procfs-core keeps the averages as f32; its shortest decimal form is the kernel's two
+    // decimals, so going through it gives the f64 node_exporter shows (0.2, not 0.2000000029).
+    let widen = |value: f32| value.to_string().parse::<f64>().unwrap_or(f64::from(value));
     Ok(LoadAvg {
-        load1,
-        load5,
-        load15,
-        running,
-        total,
-        last_pid,
+        load1: widen(load.one),
+        load5: widen(load.five),
+        load15: widen(load.fifteen),
+        running: u64::from(load.cur),
+        total: u64::from(load.max),
+        last_pid: u64::from(load.latest_pid),
     })
 }
 
@@ -261,38 +259,31 @@ pub struct DiskStat {
     pub weighted_io_ms: u64,
 }
 
-/// Parses `/proc/diskstats`. Returns the devices and the number of non-empty lines skipped
-/// because they had fewer than 14 fields or a non-numeric one.
+/// Parses `/proc/diskstats` line by line with procfs-core's `DiskStat::from_line`. Returns the
+/// devices and the number of non-empty lines skipped because they had fewer than 14 fields or
+/// a non-numeric one (one bad line costs that device, not the file).
 pub fn parse_diskstats(text: &str) -> (Vec<DiskStat>, u64) {
     let mut skipped = 0;
     let mut disks = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let parsed = (|| {
-            if f.len() < 14 {
-                return None;
-            }
-            let n: Vec<u64> = f[3..14]
-                .iter()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
+        let parsed = procfs_core::DiskStat::from_line(line).ok().and_then(|d| {
             Some(DiskStat {
-                major: f[0].parse().ok()?,
-                minor: f[1].parse().ok()?,
-                name: f[2].to_owned(),
-                reads: n[0],
-                reads_merged: n[1],
-                sectors_read: n[2],
-                read_ms: n[3],
-                writes: n[4],
-                writes_merged: n[5],
-                sectors_written: n[6],
-                write_ms: n[7],
-                in_progress: n[8],
-                io_ms: n[9],
-                weighted_io_ms: n[10],
+                major: u32::try_from(d.major).ok()?,
+                minor: u32::try_from(d.minor).ok()?,
+                name: d.name,
+                reads: d.reads,
+                reads_merged: d.merged,
+                sectors_read: d.sectors_read,
+                read_ms: d.time_reading,
+                writes: d.writes,
+                writes_merged: d.writes_merged,
+                sectors_written: d.sectors_written,
+                write_ms: d.time_writing,
+                in_progress: d.in_progress,
+                io_ms: d.time_in_progress,
+                weighted_io_ms: d.weighted_time_in_progress,
             })
-        })();
+        });
         match parsed {
             Some(disk) => disks.push(disk),
             None => skipped += 1,

@@ -126,10 +126,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "kpulse started"
     );
-    manager.scan().await;
-    state.ready.store(true, Ordering::Release);
-
-    wait_for_signal().await;
+    // The signal handlers are in place before the first scan: loading every plugin can take
+    // a while on a cold compile cache, and a SIGTERM meanwhile must still stop the agent in
+    // order (the default action would kill it without stopping what it loaded).
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        () = manager.scan() => {
+            state.ready.store(true, Ordering::Release);
+            signal.await;
+        }
+        () = &mut signal => tracing::info!("stop requested while loading the plugins"),
+    }
     tracing::info!("shutting down");
     manager.shutdown().await;
     let _ = stop_http.send(());

@@ -11,3 +11,21 @@ pub fn release_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// [`release_free_heap`] at most once per `interval` in the process, for paths that free a
+/// burst of small allocations often (a `/metrics` scrape), where trimming each time would cost
+/// more than the pages are worth.
+pub fn release_free_heap_every(interval: std::time::Duration) {
+    use std::sync::{Mutex, PoisonError};
+    use std::time::Instant;
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let now = Instant::now();
+    {
+        let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.duration_since(at) < interval) {
+            return;
+        }
+        *last = Some(now);
+    }
+    release_free_heap();
+}

@@ -44,6 +44,7 @@ mod profiles;
 mod record_replay;
 mod sdk_outside;
 mod security;
+mod shutdown;
 mod status_page;
 mod store;
 mod store_faults;

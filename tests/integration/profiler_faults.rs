@@ -49,7 +49,11 @@ fn run_task(agent: &Agent, body: Value) -> Value {
 
 fn folded(agent: &Agent, task: &Value) -> String {
     let tracer_id = task["data"]["tracer_id"].as_str().expect("tracer_id");
-    let reply = agent.get(&format!("/profiles/{tracer_id}.folded"));
+    // The task ends when its document is queued; the store writes it a moment later.
+    let reply = wait_for(Duration::from_secs(10), "the profile document", || {
+        let reply = agent.get(&format!("/profiles/{tracer_id}.folded"));
+        (reply.status != 404).then_some(reply)
+    });
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.body
 }

@@ -134,6 +134,32 @@ impl HostState {
         }
     }
 
+    /// The check in front of every capability-gated interface (`net`, `statfs`, `profile`):
+    /// `granted` is the plugin's grant (declared and allowed by `policy.<capability>_allow`).
+    /// A refusal is counted with the denied reads and says what to declare.
+    fn require_capability(
+        &self,
+        granted: bool,
+        capability: &str,
+        what: &str,
+    ) -> Result<(), types::Error> {
+        if granted {
+            return Ok(());
+        }
+        self.identity
+            .stats
+            .denied_reads
+            .fetch_add(1, Ordering::Relaxed);
+        Err(types::Error {
+            code: ErrorCode::AccessDenied,
+            message: format!(
+                "plugin {} may not {what}: declare the `{capability}` capability (and the \
+                 operator's policy.{capability}_allow must name the plugin)",
+                self.identity.name
+            ),
+        })
+    }
+
     /// The last lines the guest wrote to stderr (a panic message, typically).
     pub fn stderr_tail(&self) -> String {
         let bytes = self.stderr.contents();

@@ -4,8 +4,6 @@
 //! core's socket timeout. A cgroup directory is opened through [`crate::fsaccess`], so the
 //! plugin's `read:` grant and the secret rules apply to it like to any read.
 
-use std::sync::atomic::Ordering;
-
 use crate::net::{self as core, NetError};
 use crate::wit::net as wit;
 use crate::wit::{ErrorCode, types};
@@ -99,21 +97,7 @@ fn qdisc(q: core::Qdisc) -> wit::Qdisc {
 
 impl HostState {
     fn net_allowed(&self) -> Result<(), types::Error> {
-        if self.identity.net {
-            return Ok(());
-        }
-        self.identity
-            .stats
-            .denied_reads
-            .fetch_add(1, Ordering::Relaxed);
-        Err(types::Error {
-            code: ErrorCode::AccessDenied,
-            message: format!(
-                "plugin {} may not query netlink: declare the `net` capability (and the \
-                 operator's policy.net_allow must name the plugin)",
-                self.identity.name
-            ),
-        })
+        self.require_capability(self.identity.net, "net", "query netlink")
     }
 
     /// Runs a query after the capability check, logging refusals at debug.

@@ -3,8 +3,6 @@
 //! instance's resource table: an instance that ends (stop, replacement, trap) drops them,
 //! which stops their sampling.
 
-use std::sync::atomic::Ordering;
-
 use wasmtime::component::Resource;
 
 use crate::profiler::{self as core, ProfileError, Session};
@@ -96,21 +94,7 @@ fn profile_to_wit(p: core::Profile) -> wit::Profile {
 
 impl HostState {
     fn profile_allowed(&self) -> Result<(), types::Error> {
-        if self.identity.profile {
-            return Ok(());
-        }
-        self.identity
-            .stats
-            .denied_reads
-            .fetch_add(1, Ordering::Relaxed);
-        Err(types::Error {
-            code: ErrorCode::AccessDenied,
-            message: format!(
-                "plugin {} may not profile: declare the `profile` capability (and the operator's \
-                 policy.profile_allow must name the plugin)",
-                self.identity.name
-            ),
-        })
+        self.require_capability(self.identity.profile, "profile", "profile")
     }
 }
 

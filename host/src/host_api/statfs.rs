@@ -1,8 +1,6 @@
 //! `kpulse:plugin/statfs`: filesystem usage and the host's mount table through
 //! [`crate::statfs`], behind the `statfs` capability and `policy.statfs_allow`.
 
-use std::sync::atomic::Ordering;
-
 use crate::statfs::{self as core, StatfsError};
 use crate::wit::statfs as wit;
 use crate::wit::{ErrorCode, types};
@@ -25,21 +23,7 @@ fn error(err: StatfsError) -> types::Error {
 
 impl HostState {
     fn statfs_allowed(&self) -> Result<(), types::Error> {
-        if self.identity.statfs {
-            return Ok(());
-        }
-        self.identity
-            .stats
-            .denied_reads
-            .fetch_add(1, Ordering::Relaxed);
-        Err(types::Error {
-            code: ErrorCode::AccessDenied,
-            message: format!(
-                "plugin {} may not use statfs: declare the `statfs` capability (and the \
-                 operator's policy.statfs_allow must name the plugin)",
-                self.identity.name
-            ),
-        })
+        self.require_capability(self.identity.statfs, "statfs", "use statfs")
     }
 }
 

@@ -70,6 +70,10 @@ fn bare_name(plugin: &str, metric: &Metric) -> String {
     format!("{plugin}{scope}_{}", metric.name)
 }
 
+/// How often at most a scrape gives freed heap back: trimming walks every malloc arena, which
+/// a scrape every second need not pay each time.
+const SCRAPE_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One metric family of a scrape.
 #[derive(Debug)]
 struct Family {
@@ -198,7 +202,7 @@ impl Exposition {
         let mut guests = Registry::with_prefix(self.config.prefix.clone());
         guests.register_collector(Box::new(snapshot));
         let mut body = String::with_capacity(16 * 1024);
-        let _refreshing = self
+        let refreshing = self
             .refresh
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -228,6 +232,11 @@ impl Exposition {
         if encoded.is_err() {
             tracing::error!("cannot encode metrics");
         }
+        drop(refreshing);
+        drop(guests);
+        // The scrape's thousands of small label strings are free again, but glibc keeps their
+        // pages (about 8 MiB with the whole catalogue, measured by hand; BENCHMARKS.md).
+        crate::heap::release_free_heap_every(SCRAPE_TRIM_INTERVAL);
         body
     }
 
