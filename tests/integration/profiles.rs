@@ -188,8 +188,9 @@ fn a_cpu_profile_task_renders_as_svg_pprof_and_folded_and_shows_in_chromium() {
     let tracer_id = result["tracer_id"].as_str().expect("tracer_id").to_owned();
     let samples = result["samples"].as_u64().expect("samples");
     let lost = result["lost"].as_u64().expect("lost");
-    // 2 s at 99 Hz of a process that never sleeps.
-    assert!(samples >= 100, "{samples} samples");
+    // 2 s at 99 Hz of a process that never sleeps: 198 when it has a core to itself. On 2
+    // cores shared with the rest of the suite it gets about half (92 seen in CI).
+    assert!(samples >= 50, "{samples} samples");
     assert_eq!(result["svg"], format!("/profiles/{tracer_id}.svg").as_str());
 
     // The saved document (the writer thread appends it shortly after the save).
