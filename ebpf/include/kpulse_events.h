@@ -31,12 +31,12 @@
  *     maps: events (RINGBUF 256K), reclaim_start (HASH u32 tid -> struct kp_reclaim_start), stats
  *     (the memcg_* pair is optional: attach it to also see memcg-limit reclaim)
  *  dropwatch.bpf.o      kfree_skb         tracepoint  skb/kfree_skb
- *     maps: events (RINGBUF 1M), drop_reasons (HASH u32 reason -> u64 count),
+ *     maps: events (RINGBUF 256K), drop_reasons (HASH u32 reason -> u64 count),
  *           ratelimit, stats
  *  net_rx_latency.bpf.o rx_netif          tracepoint  net/netif_receive_skb
  *                       rx_tcp            tracepoint  tcp/tcp_probe
  *                       rx_usercopy       tracepoint  skb/skb_copy_datagram_iovec
- *     maps: events (RINGBUF 1M), ratelimit, stats
+ *     maps: events (RINGBUF 512K), ratelimit, stats
  *  softlockup.bpf.o     printk_console    tracepoint  printk/console
  *     maps: events (RINGBUF 256K), stats
  *  sched_switch.bpf.o   sched_switch      tp_btf      sched_switch (BtfTracePoint, benchmark only)
@@ -427,7 +427,7 @@ KP_ASSERT_SIZE(kp_iot_path, 200);
  *                               retrans_synack   tracepoint  tcp/tcp_retransmit_synack
  *                               retrans_tlp      kprobe      tcp_send_loss_probe (optional:
  *                                                            enable_tlp, where kprobes exist)
- *     maps: events (RINGBUF 1M), retransmits (PERCPU_ARRAY[4] u64, index
+ *     maps: events (RINGBUF 256K), retransmits (PERCPU_ARRAY[4] u64, index
  *           enum kp_tcp_retrans_source), ratelimit, stats
  *  netdev_txqueue_timeout.bpf.o txq_timeout_btf  tp_btf      net_dev_xmit_timeout (device:
  *                                                            netns and ifindex too)

@@ -26,7 +26,7 @@ volatile const __u32 ratelimit_nr_cpus = 1;
 /* 1: do not emit records for SKB_DROP_REASON_NOT_SPECIFIED (still counted). */
 volatile const __u32 ignore_reason_not_specified = 1;
 
-KP_EVENTS_RINGBUF(1024 * 1024);
+KP_EVENTS_RINGBUF(256 * 1024);
 KP_STATS_MAP();
 KP_RATELIMIT_MAP();
 

@@ -48,7 +48,7 @@ volatile const __u32 excluded_netns_inum = 0;
 volatile const __u64 max_events_per_second = 0;
 volatile const __u32 ratelimit_nr_cpus = 1;
 
-KP_EVENTS_RINGBUF(1024 * 1024);
+KP_EVENTS_RINGBUF(512 * 1024);
 KP_STATS_MAP();
 KP_RATELIMIT_MAP();
 

@@ -21,7 +21,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 volatile const __u64 max_events_per_second = 100;
 volatile const __u32 ratelimit_nr_cpus = 1;
 
-KP_EVENTS_RINGBUF(1024 * 1024);
+KP_EVENTS_RINGBUF(256 * 1024);
 KP_STATS_MAP();
 KP_RATELIMIT_MAP();
 

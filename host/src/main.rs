@@ -9,5 +9,6 @@ fn main() -> std::process::ExitCode {
     {
         return kpulse::runtime::compiler::child_main();
     }
+    kpulse::heap::tune_allocator();
     kpulse::cli::main()
 }

@@ -173,13 +173,21 @@ fn kernel_btf() -> Result<Arc<Btf>, BpfError> {
         let spawned = std::thread::Builder::new()
             .name("kpulse-btf".to_owned())
             .spawn(|| {
+                // Sleeps until BTF_LINGER after the last use seen, so the BTF goes at most
+                // a few milliseconds late (a fixed BTF_LINGER sleep could keep it for twice
+                // as long).
+                let mut wait = BTF_LINGER;
                 loop {
-                    std::thread::sleep(BTF_LINGER);
+                    std::thread::sleep(wait);
                     let mut guard = CACHE
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let Some(cache) = guard.as_mut() else { return };
-                    if cache.last_use.elapsed() >= BTF_LINGER {
+                    let idle = cache.last_use.elapsed();
+                    wait = BTF_LINGER
+                        .saturating_sub(idle)
+                        .max(Duration::from_millis(10));
+                    if idle >= BTF_LINGER {
                         cache.btf = None;
                         cache.reaper = false;
                         drop(guard);
@@ -300,8 +308,19 @@ impl BpfObject {
         max_entries: &[(&str, u32)],
     ) -> Result<Self, BpfError> {
         let btf = kernel_btf()?;
-        let mut loader = EbpfLoader::new();
-        loader.btf(Some(&btf));
+        let mut loader = {
+            // `EbpfLoader::new` parses the kernel BTF itself (tens of MiB), which the shared
+            // copy set below then replaces. One such parse at a time: with every plugin
+            // starting at once they all ran together, peaking at over 140 MiB of heap whose
+            // fragments stayed resident.
+            static NEW_LOADER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one_at_a_time = NEW_LOADER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut loader = EbpfLoader::new();
+            loader.btf(Some(&btf));
+            loader
+        };
         for (name, value) in globals {
             loader.override_global(name.as_str(), value.as_slice(), true);
         }
