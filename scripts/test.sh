@@ -11,6 +11,8 @@ ensure_packages prometheus prometheus-node-exporter iproute2 e2fsprogs util-linu
 ensure_packages iptables
 # The xfs plugin's tests loop-mount an XFS filesystem.
 ensure_packages xfsprogs
+# The HTTP hardening tests make certificates with the openssl CLI and speak HTTPS with curl.
+ensure_packages openssl curl
 # The status page test drives Debian's Chromium with playwright-core (npm, no browser download).
 ensure_packages chromium
 (cd tests/browser && npm install --no-audit --no-fund --silent)

@@ -111,13 +111,24 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         http_metrics,
         profiler,
     });
+    // Before binding: a bad web config stops the agent with the file and key in the message.
+    let security = match &config.http.web_config_file {
+        Some(path) => crate::http::web_config::load(path)?,
+        None => crate::http::web_config::WebSecurity::default(),
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    let server = tokio::spawn(crate::http::serve(state.clone(), listener, async {
-        let _ = http_stopped.await;
-    }));
+    let server = tokio::spawn(crate::http::serve(
+        state.clone(),
+        listener,
+        security,
+        crate::http::server::Limits::of(&config.http),
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
 
     tracing::info!(
         hostname = %host.hostname,

@@ -54,6 +54,9 @@ struct RunArgs {
     /// Region written into documents and metrics.
     #[arg(long)]
     region: Option<String>,
+    /// node_exporter-style web config (TLS, basic auth); overrides [http] web_config_file.
+    #[arg(long = "web.config.file")]
+    web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +193,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(region) = args.region {
         config.region = region;
+    }
+    if let Some(file) = args.web_config_file {
+        config.http.web_config_file = Some(file);
     }
     crate::agent::run(config).await
 }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Deserializer};
 pub use self::span::Location;
 pub use self::types::Secret;
 use self::types::{
-    Bounded, DeadlineMs, MemoryMib, MetricPrefix, PathPrefix, Positive, PositiveU32, SizeKib,
-    SizeMib,
+    Bounded, DeadlineMs, MemoryMib, MetricPrefix, PathPrefix, Positive, PositiveU32, Seconds,
+    SizeKib, SizeMib,
 };
 pub use crate::sinks::opensearch::config::{Auth as OpenSearchAuth, OpenSearchConfig};
 
@@ -129,13 +129,41 @@ pub struct HttpConfig {
     /// When set, mutating endpoints accept any client that sends `Authorization: Bearer
     /// <token>`. When unset they answer loopback clients only.
     pub bearer_token: Option<Secret>,
+    /// node_exporter's web-config YAML (TLS, basic auth); `--web.config.file` overrides it.
+    /// Checked at start-up: a bad file stops the agent.
+    pub web_config_file: Option<PathBuf>,
+    /// Largest request body, in KiB (413 above); routes may have smaller limits.
+    #[serde(deserialize_with = "SizeKib::field")]
+    pub max_request_body_kib: u64,
+    /// Time a client has to send a request head, from the accept or its first byte (and
+    /// for the TLS handshake), in seconds.
+    #[serde(deserialize_with = "Seconds::field")]
+    pub header_read_timeout_secs: u64,
+    /// Time a keep-alive connection may wait for its next request, in seconds.
+    #[serde(deserialize_with = "Seconds::field")]
+    pub idle_timeout_secs: u64,
+    /// Requests per second per client address (IPv6: per /64) after the burst; 0 disables.
+    #[serde(deserialize_with = "RatePerSecond::field")]
+    pub rate_limit_per_second: u64,
+    /// Requests a client may send at once before the rate applies.
+    #[serde(deserialize_with = "RatePerSecond::field")]
+    pub rate_limit_burst: u64,
 }
+
+/// Requests per second or in a burst: 0 to a million.
+type RatePerSecond = Bounded<0, 1_000_000>;
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 19704)),
             bearer_token: None,
+            web_config_file: None,
+            max_request_body_kib: 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -393,6 +421,14 @@ impl Config {
                     message: format!("{} is not an absolute path", root.display()),
                 });
             }
+        }
+        if self.http.rate_limit_per_second > 0 && self.http.rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                at: span::find_key(text, &["http", "rate_limit_burst"]),
+                key: Some("http.rate_limit_burst".to_owned()),
+                message: "must be at least 1 while rate_limit_per_second is set (0 disables the limit)".to_owned(),
+            });
         }
         if let Some(opensearch) = &mut self.storage.opensearch {
             opensearch

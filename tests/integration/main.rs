@@ -26,6 +26,7 @@ mod events_softirq;
 mod events_softlockup;
 mod events_tcp_retransmit;
 mod hot_reload;
+mod http_hardening;
 mod metrics;
 mod metrics_bpf;
 mod metrics_catalogue;

@@ -16,13 +16,17 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+pub mod basic_auth;
 mod cloudevents;
 mod profiles;
+mod rate_limit;
 pub mod requests;
+pub mod server;
 mod status;
 mod tasks;
 mod tracers;
 mod watch;
+pub mod web_config;
 
 use crate::metrics::{Exposition, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::plugins::PluginManager;
@@ -52,14 +56,22 @@ pub struct AppState {
     pub profiler: crate::profiler::Profiler,
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, with the web config's TLS and basic auth
+/// and `[http]`'s limits (see [`server`]).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
+    security: web_config::WebSecurity,
+    limits: server::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+        tracing::info!(
+            %addr,
+            tls = security.tls.is_some(),
+            basic_auth = security.basic_auth.is_some(),
+            "HTTP API listening"
+        );
     }
     let http_metrics = state.http_metrics.clone();
     let observed = warp::log::custom(move |info: warp::log::Info<'_>| {
@@ -70,11 +82,19 @@ pub async fn serve(
             info.elapsed().as_secs_f64(),
         );
     });
-    warp::serve(routes(state).with(observed))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let metrics = state.http_metrics.clone();
+    let bearer_token = state.bearer_token.clone();
+    let service = warp::service(routes(state).with(observed));
+    server::run(
+        listener,
+        service,
+        security,
+        bearer_token,
+        limits,
+        metrics,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
@@ -144,7 +164,10 @@ pub fn routes(
 
     let control = warp::path!("plugins" / String / String)
         .and(warp::put())
-        .and(warp::addr::remote())
+        .and(
+            warp::ext::optional::<server::ClientAddr>()
+                .map(|a: Option<server::ClientAddr>| a.map(|a| a.0)),
+        )
         .and(warp::header::optional::<String>("authorization"))
         .and(with_state.clone())
         .then(
@@ -310,6 +333,16 @@ pub fn routes(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method not allowed".to_owned(),
                 )
+            } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large for this endpoint".to_owned(),
+                )
+            } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+                (
+                    StatusCode::LENGTH_REQUIRED,
+                    "this endpoint needs a Content-Length".to_owned(),
+                )
             } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
                 (StatusCode::BAD_REQUEST, "invalid query string".to_owned())
             } else {
@@ -376,9 +409,7 @@ fn authorized(state: &AppState, remote: Option<SocketAddr>, auth: Option<&str>) 
     remote.is_some_and(|addr| addr.ip().is_loopback())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use basic_auth::constant_time_eq;
 
 fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, String> {
     for key in params.keys() {

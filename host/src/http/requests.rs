@@ -25,11 +25,22 @@ struct RouteLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
-/// The two families, registered once.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The request families and the hardening counters, registered once.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
+    /// Requests refused with 429 by the per-client rate limit.
+    pub rate_limited: Counter,
+    /// TLS handshakes that failed or timed out (plain HTTP to the TLS port, bad client
+    /// certificates, ...).
+    pub tls_handshake_errors: Counter,
+    closed: Family<ReasonLabels, Counter>,
 }
 
 fn histogram() -> Histogram {
@@ -42,7 +53,30 @@ impl HttpMetrics {
         let metrics = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+            rate_limited: Counter::default(),
+            tls_handshake_errors: Counter::default(),
+            closed: Family::default(),
         };
+        registry.register(
+            "http_server_rate_limited",
+            "HTTP requests refused with 429 by the per-client rate limit.",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "http_server_tls_handshake_errors",
+            "TLS handshakes on the HTTP API that failed or timed out.",
+            metrics.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "http_server_connections_closed",
+            "Connections the HTTP API closed on a timeout: header_timeout (request head too slow), idle_timeout (keep-alive unused).",
+            metrics.closed.clone(),
+        );
+        // Both reasons from the start, so that the family is there (at 0) before the first
+        // timeout and `rate()` works.
+        for reason in ["header_timeout", "idle_timeout"] {
+            let _ = metrics.closed.get_or_create(&ReasonLabels { reason });
+        }
         registry.register(
             "http_server_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -54,6 +88,11 @@ impl HttpMetrics {
             metrics.duration.clone(),
         );
         metrics
+    }
+
+    /// Counts a connection closed on a timeout (`header_timeout`, `idle_timeout`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn observe(&self, path: &str, method: &str, status: u16, seconds: f64) {

@@ -21,7 +21,7 @@ pub(super) fn route(
     let page_state = state.clone();
     let page = warp::path::end()
         .and(warp::get())
-        .and(warp::addr::remote())
+        .and(super::server::client_addr())
         .and(warp::header::optional::<String>("authorization"))
         .map(move |remote: Option<SocketAddr>, auth: Option<String>| {
             // Start/stop buttons only for a client whose PUT would be accepted.

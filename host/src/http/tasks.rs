@@ -177,7 +177,7 @@ pub(super) fn routes(
         let tasks = tasks.clone();
         warp::any().map(move || (state.clone(), tasks.clone()))
     };
-    let authorized_client = warp::addr::remote()
+    let authorized_client = super::server::client_addr()
         .and(warp::header::optional::<String>("authorization"))
         .and(with.clone())
         .and_then(

@@ -47,7 +47,7 @@ pub(super) fn routes(
         });
     let command = warp::path!("tracers" / String / String)
         .and(warp::put())
-        .and(warp::addr::remote())
+        .and(super::server::client_addr())
         .and(warp::header::optional::<String>("authorization"))
         .then(
             move |name: String,
