@@ -230,7 +230,7 @@ pub(super) fn wait_settled(agent: &Agent, prefix: &str) {
 
 /// A container in its own network namespace with a little TCP traffic over its `lo`, so its
 /// network families have something to count.
-fn start_container(runtimes: &Runtimes, id: &str) -> CtrContainer {
+pub(super) fn start_container(runtimes: &Runtimes, id: &str) -> CtrContainer {
     let script = "while :; do nc -l -p 7000 -e cat; done & \
                   while :; do echo x | nc 127.0.0.1 7000 >/dev/null; sleep 1; done";
     let container = runtimes.ctr_run(NS, id, &[("app", "catalogue")], &[], script);
@@ -804,7 +804,7 @@ fn dashboard_names() -> BTreeSet<&'static str> {
 }
 
 /// Starts Prometheus scraping `target` every second; returns it and its API address.
-fn start_prometheus(
+pub(super) fn start_prometheus(
     target: std::net::SocketAddr,
 ) -> (std::process::Child, std::net::SocketAddr, PathBuf) {
     let dir = scratch_dir("catalogue-prometheus");
@@ -845,7 +845,7 @@ fn start_prometheus(
 }
 
 /// The `data.result` of an instant query.
-fn query(server: std::net::SocketAddr, promql: &str) -> Option<Vec<serde_json::Value>> {
+pub(super) fn query(server: std::net::SocketAddr, promql: &str) -> Option<Vec<serde_json::Value>> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
