@@ -16,7 +16,7 @@ use kpulse_integration_tests::{
 };
 
 /// The event plugins that load BPF objects.
-const BPF_PLUGINS: [&str; 7] = [
+pub(crate) const BPF_PLUGINS: [&str; 7] = [
     "softirq",
     "oom",
     "hungtask",
@@ -51,9 +51,13 @@ const RUN_FLAGS: &[&str] = &[
     "/sys/fs/cgroup:/sys/fs/cgroup:ro",
     "-v",
     "/sys/kernel/tracing:/sys/kernel/tracing",
+    "-v",
+    "/proc:/host/proc:ro",
+    "-v",
+    "/sys:/host/sys:ro",
 ];
 
-fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
@@ -61,7 +65,7 @@ fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .unwrap_or_else(|err| panic!("{program}: {err}"))
 }
 
-fn ok(what: &str, output: &Output) -> String {
+pub(crate) fn ok(what: &str, output: &Output) -> String {
     assert!(
         output.status.success(),
         "{what} failed ({}): {}{}",
@@ -73,14 +77,14 @@ fn ok(what: &str, output: &Output) -> String {
 }
 
 /// A container of the private dockerd, removed on drop.
-struct Container {
-    docker: String,
-    host: String,
-    name: String,
+pub(crate) struct Container {
+    pub(crate) docker: String,
+    pub(crate) host: String,
+    pub(crate) name: String,
 }
 
 impl Container {
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let out = run(&self.docker, &["-H", &self.host, "logs", &self.name], &[]);
         format!(
             "{}{}",
@@ -100,7 +104,7 @@ impl Drop for Container {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -109,7 +113,7 @@ fn free_port() -> u16 {
 }
 
 /// `/proc/loadavg`: load1, load5, load15 and the total task count.
-fn host_loadavg() -> [f64; 4] {
+pub(crate) fn host_loadavg() -> [f64; 4] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap();
     let f: Vec<&str> = text.split_whitespace().collect();
     let total = f[3].split_once('/').unwrap().1;
