@@ -14,6 +14,7 @@ mod config;
 mod containers;
 mod containment;
 mod contract;
+mod dashboards;
 mod deploy;
 mod deploy_kubernetes;
 mod elasticsearch;
