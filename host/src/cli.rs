@@ -122,7 +122,6 @@ enum ConfigCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -521,17 +520,4 @@ async fn replay(
         anyhow::bail!("the plugin trapped during replay");
     }
     Ok(())
-}
-
-/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), and
-/// memory freed in an arena mostly stays there. The agent has a thread per plugin whose
-/// allocations are small and short-lived, so a few shared arenas hold the same work in a
-/// fraction of the resident memory. Called before any thread exists.
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tuning; called before other threads run.
-    #[allow(unsafe_code, reason = "glibc allocator tuning has no safe wrapper")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
