@@ -427,7 +427,9 @@ impl Config {
                 path: path.to_owned(),
                 at: span::find_key(text, &["http", "rate_limit_burst"]),
                 key: Some("http.rate_limit_burst".to_owned()),
-                message: "must be at least 1 while rate_limit_per_second is set (0 disables the limit)".to_owned(),
+                message:
+                    "must be at least 1 while rate_limit_per_second is set (0 disables the limit)"
+                        .to_owned(),
             });
         }
         if let Some(opensearch) = &mut self.storage.opensearch {
