@@ -13,6 +13,11 @@
  * a 10 ms threshold; kprobes are unavailable here, so the softirq
  * raise->entry gap (a long irq-off / softirq-off window delays it) is used
  * with the same default threshold.
+ *
+ * Each hook exists twice: as tp_btf (a direct call from the tracepoint, no
+ * perf trace buffer filled per hit: the cheap one, preferred) and as a
+ * classic tracepoint, the fallback where tp_btf cannot attach.  The plugin
+ * attaches one of the two.
  */
 #include "kpulse_common.h"
 
@@ -40,10 +45,8 @@ struct {
 	__type(value, __u64);
 } softirq_zones SEC(".maps");
 
-SEC("tracepoint/irq/softirq_raise")
-int softirq_raise(struct trace_event_raw_softirq *ctx)
+static __always_inline int on_raise(__u32 vec)
 {
-	__u32 vec = ctx->vec;
 	__u64 *ts;
 
 	if (vec >= KP_NR_SOFTIRQS)
@@ -55,12 +58,11 @@ int softirq_raise(struct trace_event_raw_softirq *ctx)
 	return 0;
 }
 
-SEC("tracepoint/irq/softirq_entry")
-int softirq_entry(struct trace_event_raw_softirq *ctx)
+static __always_inline int on_entry(__u32 vec)
 {
 	struct kp_softirq_event *e;
 	__u64 *ts, *cnt, raise, now, lat;
-	__u32 vec = ctx->vec, zone, idx;
+	__u32 zone, idx;
 
 	if (vec >= KP_NR_SOFTIRQS)
 		return 0;
@@ -106,4 +108,28 @@ int softirq_entry(struct trace_event_raw_softirq *ctx)
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;
+}
+
+SEC("tp_btf/softirq_raise")
+int BPF_PROG(softirq_raise_btf, unsigned int vec_nr)
+{
+	return on_raise(vec_nr);
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(softirq_entry_btf, unsigned int vec_nr)
+{
+	return on_entry(vec_nr);
+}
+
+SEC("tracepoint/irq/softirq_raise")
+int softirq_raise(struct trace_event_raw_softirq *ctx)
+{
+	return on_raise(ctx->vec);
+}
+
+SEC("tracepoint/irq/softirq_entry")
+int softirq_entry(struct trace_event_raw_softirq *ctx)
+{
+	return on_entry(ctx->vec);
 }

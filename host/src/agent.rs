@@ -63,6 +63,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .then(|| config.data_dir.join("cache"));
     let runtime = Runtime::new(cache)?.compile_in_child(crate::runtime::compiler::current_exe());
     let metrics = AgentMetrics::new(&config.metrics.prefix);
+    crate::metrics::spawn_bpf_cost_sampler(&config.metrics, metrics.clone());
     let containers =
         crate::containers::Registry::start(config.containers.clone(), metrics.containers.clone())
             .await;

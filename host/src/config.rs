@@ -28,6 +28,10 @@ pub use crate::sinks::opensearch::config::{Auth as OpenSearchAuth, OpenSearchCon
 type BackoffSecs = Bounded<0, 86_400>;
 /// Reload debounce: 0 to one minute, in milliseconds.
 type DebounceMs = Bounded<0, 60_000>;
+/// Interval between BPF cost windows: 0 (off) to one day, in seconds.
+type CostEverySecs = Bounded<0, 86_400>;
+/// One BPF cost window: 1 ms to 10 s.
+type CostWindowMs = Bounded<1, 10_000>;
 /// Documents queued for the store's writer: the channel allocates its slots up front.
 type QueueCapacity = Bounded<1, 1_048_576>;
 
@@ -181,6 +185,14 @@ pub struct MetricsConfig {
     /// Series a plugin may return per scrape; the excess is dropped and counted.
     #[serde(deserialize_with = "Positive::field")]
     pub max_series_per_plugin: usize,
+    /// How often BPF run-time statistics are switched on for one window to measure each
+    /// plugin's BPF cost (`plugin_bpf_run_seconds_total`), seconds; 0 = never. Counting
+    /// costs every program run two clock reads, so it is sampled rather than left on.
+    #[serde(deserialize_with = "CostEverySecs::field")]
+    pub bpf_cost_every_secs: u64,
+    /// How long one such window lasts, milliseconds (1..=10000).
+    #[serde(deserialize_with = "CostWindowMs::field")]
+    pub bpf_cost_window_ms: u64,
 }
 
 impl Default for MetricsConfig {
@@ -189,6 +201,8 @@ impl Default for MetricsConfig {
             prefix: "kpulse".to_owned(),
             host_labels: true,
             max_series_per_plugin: 10_000,
+            bpf_cost_every_secs: 60,
+            bpf_cost_window_ms: 1000,
         }
     }
 }
@@ -323,11 +337,16 @@ impl PolicyConfig {
 pub const BUILTIN_PROFILE_PLUGINS: [&str; 2] = ["cpusys", "cpuidle"];
 
 /// The built-in plugins that query netlink through the host (`net` capability).
-pub const BUILTIN_NET_PLUGINS: [&str; 4] =
-    ["loadavg", "netdev_qdisc", "netdev_dcb", "netdev_rdma_link"];
+pub const BUILTIN_NET_PLUGINS: [&str; 5] = [
+    "loadavg",
+    "netdev_qdisc",
+    "netdev_dcb",
+    "netdev_rdma_link",
+    "netdev_events",
+];
 
 /// The built-in plugins that use BPF.
-pub const BUILTIN_BPF_PLUGINS: [&str; 15] = [
+pub const BUILTIN_BPF_PLUGINS: [&str; 16] = [
     "softirq",
     "oom",
     "softlockup",
@@ -343,6 +362,7 @@ pub const BUILTIN_BPF_PLUGINS: [&str; 15] = [
     "runqlat",
     "memory_free",
     "memory_reclaim",
+    "sched_tick",
 ];
 
 impl Default for PolicyConfig {

@@ -1,11 +1,33 @@
 //! Receive timestamps on demand (the `rx-timestamps` capability).
+//!
+//! While any socket has asked for software RX timestamps the kernel timestamps every
+//! received packet (`skb->tstamp`, the static key `netstamp_needed_key`), which
+//! `net_rx_latency` needs and which costs every packet of the host a clock read. So the
+//! agent holds one such socket, shared by every instance that needs it, and only while one
+//! of them has a BPF object loaded: a plugin that attaches nothing (no container network
+//! namespace to watch) leaves the host's packets untimestamped.
 
-/// A UDP socket with `SO_TIMESTAMPNS`: while any such socket exists the kernel timestamps
-/// every received packet (`skb->tstamp`), which `net_rx_latency` needs. Held open by the
-/// instance that asked for it.
-pub fn enable() -> Option<std::net::UdpSocket> {
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// The one socket, alive while some holder keeps its `Arc`.
+static SHARED: Mutex<Weak<UdpSocket>> = Mutex::new(Weak::new());
+
+/// A hold on the shared timestamping socket; timestamps stay on while any hold lives.
+pub fn acquire() -> Option<Arc<UdpSocket>> {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(socket) = shared.upgrade() {
+        return Some(socket);
+    }
+    let socket = Arc::new(enable()?);
+    *shared = Arc::downgrade(&socket);
+    Some(socket)
+}
+
+/// A UDP socket with `SO_TIMESTAMPNS`.
+fn enable() -> Option<UdpSocket> {
     use std::os::fd::AsRawFd;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
     let on: libc::c_int = 1;
     // SAFETY: a valid socket fd and a c_int option value of the right size.
     #[allow(
@@ -26,4 +48,22 @@ pub fn enable() -> Option<std::net::UdpSocket> {
         return None;
     }
     Some(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_socket_is_shared_and_closed_with_its_last_hold() {
+        let a = acquire().expect("a UDP socket on loopback");
+        let b = acquire().expect("the same socket");
+        assert!(Arc::ptr_eq(&a, &b));
+        let port = a.local_addr().expect("bound").port();
+        drop((a, b));
+        let c = acquire().expect("a new socket");
+        // The first one is gone: a second acquire made a fresh socket.
+        assert!(c.local_addr().expect("bound").port() != port || Arc::strong_count(&c) == 1);
+        assert_eq!(Arc::strong_count(&c), 1);
+    }
 }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kpulse_integration_tests::{Agent, plugin_wasm, sample_with, wait_for};
+use kpulse_integration_tests::containers::Runtimes;
+use kpulse_integration_tests::{
+    Agent, bpf_programs_of, plugin_wasm, sample, sample_with, wait_for,
+};
 
 const DELAY: Duration = Duration::from_millis(50);
 
@@ -122,7 +125,9 @@ fn loopback_tcp_gives_tcp_and_usercopy_latencies() {
 /// time their events are in, events of the host's traffic would be in too.
 #[test]
 fn host_netns_is_excluded_by_default() {
-    let config = "[plugins.net_rx_latency]\ntcp_threshold_ns = 1\nusercopy_threshold_ns = 1\n";
+    // Attached without a container: the other namespace here is a thread's, not a container's.
+    let config = "[plugins.net_rx_latency]\ntcp_threshold_ns = 1\nusercopy_threshold_ns = 1\n\
+                  attach_only_with_containers = false\n";
     let agent = Agent::start(
         "net_rx_latency_excl",
         &[plugin_wasm("net_rx_latency")],
@@ -250,4 +255,92 @@ impl Drop for OtherNetns {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether the agent lists a running container with a network namespace of its own.
+fn container_with_own_netns(agent: &Agent, host_netns: u64) -> bool {
+    let listed = agent.get("/containers?state=running").json();
+    listed["data"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            !matches!(c["runtime"].as_str(), Some("systemd" | "cgroup"))
+                && c["host_network"] == false
+                && c["netns_inum"]
+                    .as_u64()
+                    .is_some_and(|n| n != 0 && n != host_netns)
+        })
+}
+
+/// Whether process `pid` holds a BPF program of net_rx_latency's (`rx_*`).
+fn holds_rx_programs(pid: u32) -> bool {
+    bpf_programs_of(pid)
+        .iter()
+        .any(|name| name.starts_with("rx_"))
+}
+
+/// The default (host netns excluded): the per-packet hooks are attached only while some
+/// container has a network namespace of its own. A real `ctr` container starts → the
+/// hooks attach; it stops → they detach. Other tests' containers may run at the same time,
+/// so each check compares the hooks with what the agent lists at that moment.
+#[test]
+fn hooks_attach_only_while_a_container_has_its_own_netns() {
+    let runtimes = Runtimes::get();
+    let config = format!(
+        "[plugins.net_rx_latency]\ncontainer_check_seconds = 1\n{}",
+        runtimes.agent_config("")
+    );
+    let agent = Agent::start(
+        "net_rx_latency_gate",
+        &[plugin_wasm("net_rx_latency")],
+        &config,
+    );
+    agent.wait_state("net_rx_latency", "running", Duration::from_secs(20));
+    let (pid, host_netns) = (agent.child.id(), netns_inum());
+    let attached = |agent: &Agent| {
+        let metrics = agent.metrics();
+        sample(&metrics, "kpulse_net_rx_latency_attached") == Some(1.0)
+    };
+    // Settled: the gauge, the programs and the container list agree.
+    wait_for(
+        Duration::from_secs(15),
+        "hooks matching the containers",
+        || {
+            let own = container_with_own_netns(&agent, host_netns);
+            (attached(&agent) == own && holds_rx_programs(pid) == own).then_some(())
+        },
+    );
+
+    let container = runtimes.ctr_run("kptest", "kp-rxlat-gate", &[], &[], "sleep 300");
+    wait_for(
+        Duration::from_secs(20),
+        "hooks attached for the container",
+        || {
+            (container_with_own_netns(&agent, host_netns)
+                && attached(&agent)
+                && holds_rx_programs(pid))
+            .then_some(())
+        },
+    );
+    container.stop();
+    let others = wait_for(
+        Duration::from_secs(30),
+        "hooks following the container's stop",
+        || {
+            let listed = agent.get("/containers?state=running").json().to_string();
+            let own = container_with_own_netns(&agent, host_netns);
+            (!listed.contains("kp-rxlat-gate")
+                && attached(&agent) == own
+                && holds_rx_programs(pid) == own)
+                .then_some(own)
+        },
+    );
+    eprintln!("after the stop, other tests' containers with their own netns: {others}");
+    let metrics = agent.metrics();
+    assert!(
+        sample(&metrics, "kpulse_net_rx_latency_attaches_total").is_some_and(|v| v >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(agent.plugin("net_rx_latency").unwrap()["state"], "running");
 }

@@ -502,3 +502,43 @@ pub fn libc_path() -> &'static str {
     .find(|p| std::path::Path::new(p).exists())
     .expect("libc.so.6 not found")
 }
+
+/// Names of the BPF programs process `pid` holds open: the `prog_id` of each of its
+/// `anon_inode:bpf-prog` fds (`/proc/<pid>/fdinfo`), named by `bpftool prog show` (Debian's
+/// bpftool lists no owning pids).
+pub fn bpf_programs_of(pid: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let is_prog = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-prog");
+        if !is_prog {
+            continue;
+        }
+        let fdinfo = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let id = std::fs::read_to_string(fdinfo).ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        ids.extend(id);
+    }
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool must be installed");
+    let programs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}

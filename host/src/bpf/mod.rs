@@ -30,6 +30,7 @@ use tokio::task::AbortHandle;
 use crate::counter::{Count, Level};
 
 mod batch;
+pub mod cost;
 mod inspect;
 mod kallsyms;
 mod perf;
@@ -115,6 +116,12 @@ pub struct BpfCounters {
     pub rate_limited: Count,
     /// Samples the kernel could not store in a perf event array buffer (PERF_RECORD_LOST).
     pub perf_lost: Count,
+    /// The consumer's programs, for [`cost::sample_window`].
+    pub programs: Arc<cost::ProgramCost>,
+    /// Kernel run time of its programs inside sampled windows, seconds.
+    pub run_seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Runs of its programs inside sampled windows.
+    pub runs: Count,
 }
 
 /// Where batches go. The consumer answers each batch with a receiver that yields the batch
@@ -342,6 +349,12 @@ impl BpfObject {
             ebpf: None,
             readers: Vec::new(),
         }
+    }
+
+    /// The kernel id of a loaded program (`bpftool prog show id N`).
+    pub fn program_id(&self, program: &str) -> Option<u32> {
+        let info = self.ebpf.as_ref()?.program(program)?.info().ok()?;
+        Some(info.id())
     }
 
     /// Loads and attaches one program.

@@ -147,6 +147,13 @@ impl bpf::HostObject for HostState {
                     .stats
                     .bpf_objects
                     .fetch_add(1, Ordering::Relaxed);
+                self.bpf_objects += 1;
+                if self.identity.rx_timestamps
+                    && self.rx_timestamps.is_none()
+                    && !self.services.replay
+                {
+                    self.rx_timestamps = crate::rxstamp::acquire();
+                }
                 Ok(Ok(handle))
             }
             Err(err) => Ok(Err(bpf::BpfError {
@@ -168,10 +175,16 @@ impl bpf::HostObject for HostState {
         let point = attach_point(point);
         let name = self.identity.name.clone();
         let object = self.table.get_mut(&handle)?;
-        Ok(object.attach(&program, &point).map_err(|err| {
+        let attached = object.attach(&program, &point).map_err(|err| {
             tracing::warn!(plugin = %name, %program, ?point, error = %err, "BPF attach failed");
             to_wit(err)
-        }))
+        });
+        if attached.is_ok()
+            && let Some(id) = object.program_id(&program)
+        {
+            self.identity.stats.bpf.programs.add(id);
+        }
+        Ok(attached)
     }
 
     fn subscribe_ring_buffer(
@@ -245,6 +258,11 @@ impl bpf::HostObject for HostState {
             .stats
             .bpf_objects
             .fetch_sub(1, Ordering::Relaxed);
+        self.bpf_objects = self.bpf_objects.saturating_sub(1);
+        if self.bpf_objects == 0 {
+            // The last object is gone: this instance no longer needs packets timestamped.
+            self.rx_timestamps = None;
+        }
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ mod clock;
 mod containers;
 mod fs;
 mod host;
+mod link_events;
 mod log;
 mod net;
 mod profiler;
@@ -72,7 +73,7 @@ pub struct Identity {
     pub statfs: bool,
     /// May query netlink through the host (`net`, and `policy.net_allow`).
     pub net: bool,
-    /// Keep receive timestamps on while the instance lives (`rx-timestamps`).
+    /// Keep receive timestamps on while the instance has a BPF object (`rx-timestamps`).
     pub rx_timestamps: bool,
 }
 
@@ -86,8 +87,11 @@ pub struct HostState {
     services: Arc<Services>,
     timers: Timers,
     next_subscription: u64,
-    /// Held open while the instance lives (see [`crate::rxstamp`]).
-    _rx_timestamps: Option<std::net::UdpSocket>,
+    /// A hold on the shared timestamping socket while the instance has BPF objects (see
+    /// [`crate::rxstamp`]).
+    rx_timestamps: Option<Arc<std::net::UdpSocket>>,
+    /// BPF objects the instance holds now.
+    bpf_objects: u32,
 }
 
 impl WasiView for HostState {
@@ -124,10 +128,8 @@ impl HostState {
             limiter,
             stderr,
             services,
-            _rx_timestamps: identity
-                .rx_timestamps
-                .then(crate::rxstamp::enable)
-                .flatten(),
+            rx_timestamps: None,
+            bpf_objects: 0,
             identity,
             timers,
             next_subscription: 1,

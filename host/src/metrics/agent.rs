@@ -53,6 +53,7 @@ struct BuildLabels {
 }
 
 type CountFamily = Family<PluginLabel, Counter<u64, AtomicU64>>;
+type SecondsCountFamily = Family<PluginLabel, Counter<f64, AtomicU64>>;
 type SecondsFamily = Family<CollectorLabel, Gauge<f64, AtomicU64>>;
 
 /// Every family the agent exposes about itself, and the registry that holds them.
@@ -74,6 +75,12 @@ pub struct AgentMetrics {
     bpf_rate_limited: CountFamily,
     bpf_perf_lost: CountFamily,
     bpf_denied: CountFamily,
+    bpf_run_seconds: SecondsCountFamily,
+    bpf_runs: CountFamily,
+    /// Sampled windows of BPF run-time statistics ([`crate::bpf::cost`]).
+    pub bpf_cost_windows: crate::bpf::cost::CostWindows,
+    /// Every plugin's BPF counters, for the cost sampler (the current instance's).
+    bpf_cost_targets: Mutex<std::collections::HashMap<String, Arc<BpfCounters>>>,
     state: Family<PluginStateLabels, Gauge>,
     info: Family<PluginInfoLabels, Gauge>,
     scrape_duration: SecondsFamily,
@@ -157,6 +164,24 @@ impl AgentMetrics {
             "Samples lost because a perf event array buffer of the plugin was full.",
         );
         let bpf_denied = count("plugin_bpf_denied", "BPF requests refused by policy.");
+        let bpf_runs = count(
+            "plugin_bpf_runs",
+            "Runs of the plugin's BPF programs counted inside sampled statistics windows \
+             (see bpf_cost_sampled_seconds_total).",
+        );
+        let bpf_run_seconds = SecondsCountFamily::default();
+        registry.register(
+            "plugin_bpf_run_seconds",
+            "Kernel run time of the plugin's BPF programs inside sampled statistics windows; \
+             divided by bpf_cost_sampled_seconds_total it is the share of one CPU they use.",
+            bpf_run_seconds.clone(),
+        );
+        let bpf_cost_windows = crate::bpf::cost::CostWindows::default();
+        registry.register(
+            "bpf_cost_sampled_seconds",
+            "Time BPF run-time statistics were on (sampled windows) for plugin_bpf_run_seconds.",
+            bpf_cost_windows.seconds.clone(),
+        );
         let state = Family::<PluginStateLabels, Gauge>::default();
         registry.register(
             "plugin_state",
@@ -222,6 +247,10 @@ impl AgentMetrics {
             bpf_rate_limited,
             bpf_perf_lost,
             bpf_denied,
+            bpf_run_seconds,
+            bpf_runs,
+            bpf_cost_windows,
+            bpf_cost_targets: Mutex::new(std::collections::HashMap::new()),
             state,
             info,
             scrape_duration,
@@ -232,6 +261,14 @@ impl AgentMetrics {
             watch_dropped,
             http,
         })
+    }
+
+    /// The BPF counters of every loaded plugin, for one sampled cost window.
+    pub fn bpf_cost_targets(&self) -> Vec<Arc<BpfCounters>> {
+        self.bpf_cost_targets
+            .lock()
+            .map(|targets| targets.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -250,6 +287,19 @@ impl AgentMetrics {
             plugin: name.to_owned(),
         };
         let count = |family: &CountFamily| Count(family.get_or_create_owned(&label));
+        let bpf = Arc::new(BpfCounters {
+            subscriptions: Level::default(),
+            records: count(&self.bpf_records),
+            ring_full: count(&self.bpf_ring_full),
+            rate_limited: count(&self.bpf_rate_limited),
+            perf_lost: count(&self.bpf_perf_lost),
+            programs: Arc::default(),
+            run_seconds: self.bpf_run_seconds.get_or_create_owned(&label),
+            runs: count(&self.bpf_runs),
+        });
+        if let Ok(mut targets) = self.bpf_cost_targets.lock() {
+            targets.insert(name.to_owned(), bpf.clone());
+        }
         PluginStats {
             calls: count(&self.calls),
             traps: count(&self.traps),
@@ -262,13 +312,7 @@ impl AgentMetrics {
             documents_dropped: count(&self.documents_dropped),
             documents_rejected: count(&self.documents_rejected),
             metrics_dropped: count(&self.metrics_dropped),
-            bpf: Arc::new(BpfCounters {
-                subscriptions: Level::default(),
-                records: count(&self.bpf_records),
-                ring_full: count(&self.bpf_ring_full),
-                rate_limited: count(&self.bpf_rate_limited),
-                perf_lost: count(&self.bpf_perf_lost),
-            }),
+            bpf,
             bpf_denied: count(&self.bpf_denied),
             ..PluginStats::default()
         }
@@ -314,6 +358,9 @@ impl AgentMetrics {
             .filter(|name| !names.contains(name.as_str()))
             .cloned()
             .collect();
+        if let Ok(mut targets) = self.bpf_cost_targets.lock() {
+            targets.retain(|name, _| names.contains(name.as_str()));
+        }
         for name in &gone {
             known.remove(name);
             let label = PluginLabel {
@@ -336,9 +383,11 @@ impl AgentMetrics {
                 &self.bpf_rate_limited,
                 &self.bpf_perf_lost,
                 &self.bpf_denied,
+                &self.bpf_runs,
             ] {
                 family.remove(&label);
             }
+            self.bpf_run_seconds.remove(&label);
             self.scrape_duration.remove(&CollectorLabel {
                 collector: name.clone(),
             });

@@ -523,6 +523,37 @@ fn sanitize_label(key: &str) -> String {
 }
 
 /// CPU seconds and RSS of this process, from `/proc/self`.
+/// Measures every plugin's BPF cost in short windows (see [`crate::bpf::cost`]), on a
+/// thread of its own: a window blocks for its length, and the reads are syscalls.
+pub fn spawn_bpf_cost_sampler(config: &crate::config::MetricsConfig, metrics: Arc<AgentMetrics>) {
+    if config.bpf_cost_every_secs == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(config.bpf_cost_every_secs);
+    let window = std::time::Duration::from_millis(config.bpf_cost_window_ms);
+    let spawned = std::thread::Builder::new()
+        .name("bpf-cost".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let targets = metrics.bpf_cost_targets();
+                if targets.iter().all(|t| t.programs.is_empty()) {
+                    continue;
+                }
+                if let Err(err) =
+                    crate::bpf::cost::sample_window(window, &targets, &metrics.bpf_cost_windows)
+                {
+                    // Without the privilege it never will: say so once and stop.
+                    tracing::warn!(error = %err, "BPF cost sampling off");
+                    return;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the BPF cost sampler");
+    }
+}
+
 pub fn self_usage() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised comm; utime and stime are fields 14 and 15.

@@ -17,7 +17,14 @@
 //! Timestamps: the kernel fills `skb->tstamp` only while some socket has asked for RX
 //! software timestamps (HUATUO keeps an `SO_TIMESTAMPING` socket open for that). A wasm
 //! guest has no sockets, so the plugin declares the `rx-timestamps` capability and the host
-//! keeps such a socket open while the plugin runs. See `ebpf/README.md`.
+//! keeps one shared such socket open while the plugin holds its BPF object. See
+//! `ebpf/README.md`.
+//!
+//! Cost: the hooks run on every received packet, and the timestamps cost every packet a
+//! clock read. With the host network namespace excluded (the default) there is nothing to
+//! report until a container with its own network namespace runs, so the plugin attaches
+//! nothing (and timestamps stay off) while none does; it looks again every
+//! `container_check_seconds`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -67,6 +74,12 @@ struct Settings {
     exclude_host_netns: bool,
     /// In-kernel rate limit of events per second, 0 = none (HUATUO has none).
     max_events_per_second: u64,
+    /// With `exclude_host_netns`: attach the hooks only while a container with its own
+    /// network namespace runs (false: always, as HUATUO, for other namespaces than
+    /// containers').
+    attach_only_with_containers: bool,
+    /// How often to look for such containers, seconds.
+    container_check_seconds: u64,
 }
 
 impl Default for Settings {
@@ -78,6 +91,8 @@ impl Default for Settings {
             tcp_only: true,
             exclude_host_netns: true,
             max_events_per_second: 0,
+            attach_only_with_containers: true,
+            container_check_seconds: 5,
         }
     }
 }
@@ -91,6 +106,12 @@ struct NetRxLatency {
     excluded_netns: u32,
     /// Events saved, by stage (1..=3 at 0..=2).
     events: [u64; 3],
+    /// The running containers (to attach only while one has its own network namespace).
+    containers: containers::Tracker,
+    /// The timer that re-checks the wall clock, and the one that looks for containers.
+    clock_timer: Option<TimerId>,
+    /// Times the hooks were attached.
+    attaches: u64,
 }
 
 #[derive(Serialize)]
@@ -142,21 +163,38 @@ impl Plugin for NetRxLatency {
             mono_wall_offset: 0,
             excluded_netns: 0,
             events: [0; 3],
+            containers: containers::Tracker::new(),
+            clock_timer: None,
+            attaches: 0,
         })
     }
 }
 
 impl Tracing for NetRxLatency {
     fn start(&mut self, ctx: &mut Context) -> Result<()> {
+        self.clock_timer = Some(ctx.every(CLOCK_CHECK)?);
         if self.settings.exclude_host_netns {
             self.excluded_netns = host_netns_inum()?;
         }
-        self.load()?;
-        ctx.every(CLOCK_CHECK)?;
-        Ok(())
+        if !(self.settings.exclude_host_netns && self.settings.attach_only_with_containers) {
+            return self.load();
+        }
+        if self.settings.container_check_seconds == 0 {
+            return Err(Error::InvalidConfig(
+                "container_check_seconds must be at least 1".to_owned(),
+            ));
+        }
+        ctx.every(Duration::from_secs(self.settings.container_check_seconds))?;
+        self.follow_containers()
     }
 
-    fn on_timer(&mut self, _ctx: &mut Context, _timer: TimerId) -> Result<()> {
+    fn on_timer(&mut self, _ctx: &mut Context, timer: TimerId) -> Result<()> {
+        if Some(timer) != self.clock_timer {
+            return self.follow_containers();
+        }
+        if self.object.is_none() {
+            return Ok(());
+        }
         let offset = mono_wall_offset();
         if offset.abs_diff(self.mono_wall_offset) > CLOCK_STEP_NS.unsigned_abs() {
             log::info(&format!(
@@ -199,6 +237,38 @@ impl Tracing for NetRxLatency {
 }
 
 impl NetRxLatency {
+    /// Attaches while some running container has a network namespace of its own, detaches
+    /// when the last one is gone.
+    fn follow_containers(&mut self) -> Result<()> {
+        if let Err(err) = self.containers.refresh() {
+            // No registry (capability refused, runtime gone): keep HUATUO's behaviour.
+            log::warn(&format!(
+                "{err}; watching every network namespace but the host's"
+            ));
+            if self.object.is_none() {
+                self.load()?;
+            }
+            return Ok(());
+        }
+        let excluded = self.excluded_netns;
+        let own_netns = self
+            .containers
+            .containers()
+            .any(|c| !c.host_network && c.netns_inum != 0 && c.netns_inum != excluded);
+        match (own_netns, self.object.is_some()) {
+            (true, false) => {
+                self.load()?;
+                log::info("a container has its own network namespace: hooks attached");
+            }
+            (false, true) => {
+                self.object = None;
+                log::info("no container network namespace left: hooks detached");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn load(&mut self) -> Result<()> {
         let s = &self.settings;
         self.mono_wall_offset = mono_wall_offset();
@@ -223,6 +293,7 @@ impl NetRxLatency {
         )?;
         object.subscribe("events")?;
         self.object = Some(object);
+        self.attaches += 1;
         Ok(())
     }
 }
@@ -339,6 +410,17 @@ impl Collector for NetRxLatency {
                 .label("stage", *stage)
             })
             .collect();
+        metrics.push(metric::gauge(
+            "attached",
+            f64::from(u8::from(self.object.is_some())),
+            "Whether the receive hooks are attached (only while a container has its own \
+             network namespace, when the host's is excluded).",
+        ));
+        metrics.push(metric::counter(
+            "attaches",
+            self.attaches as f64,
+            "Times the receive hooks were attached.",
+        ));
         if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "lost",
