@@ -16,6 +16,10 @@ ensure_packages openssl curl
 # The status page test drives Debian's Chromium with playwright-core (npm, no browser download).
 ensure_packages chromium
 (cd tests/browser && npm install --no-audit --no-fund --silent)
+# The OpenAPI test validates docs/openapi.yaml and fuzzes the agent with schemathesis (PyPI,
+# in a venv under target/tools).
+ensure_packages python3-venv
+scripts/api-tools.sh >/dev/null
 ensure_rust
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
 

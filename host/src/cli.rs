@@ -1,4 +1,6 @@
-//! Command line: `kpulse run`, `kpulse plugins inspect|validate`, `kpulse config check`.
+//! Command line: `kpulse run`, `kpulse plugins inspect|validate|load|record|replay`,
+//! `kpulse config check`, and the commands for a running agent (`kpulse status`, `kpulse
+//! events`, in [`crate::remote`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,59 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show a running agent's plugins as a table (GET /plugins).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the /plugins JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a running agent's stored event documents, oldest first, or with --follow the
+    /// new ones as they are saved (GET /events, GET /events/watch).
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Keep printing documents as the agent saves them (Server-Sent Events).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this tracer's documents (exact name).
+        #[arg(long)]
+        tracer: Option<String>,
+        /// Only documents of containers whose id starts with this.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only documents since this time (RFC 3339 or Unix seconds); not with --follow.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many stored documents (1 to 10000) [default: 100]; not with --follow.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON document a line (NDJSON) instead of the pretty lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the HTTP API's routes (method and path template), one a line.
+    Routes,
+}
+
+/// Where the running agent's API is.
+#[derive(Debug, Clone, clap::Args)]
+struct ApiArgs {
+    /// The agent's API base URL [default: KPULSE_API, else the config's [http] listen, else
+    /// http://127.0.0.1:19704]. A bearer token for mutating routes comes from KPULSE_TOKEN or
+    /// the config.
+    #[arg(long)]
+    api: Option<String>,
+    /// The agent's config file, for its listen address and bearer token.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn resolve(&self) -> anyhow::Result<crate::remote::Api> {
+        crate::remote::Api::resolve(self.api.as_deref(), self.config.as_deref())
+    }
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -65,6 +120,17 @@ enum PluginsCommand {
     Inspect { file: PathBuf },
     /// Check that a file is a loadable kpulse plugin; exit code 0 if it is.
     Validate { file: PathBuf },
+    /// Validate a plugin, then install it into the plugin directory as <name>.wasm (written
+    /// under a hidden name, then renamed), where a running agent picks it up.
+    Load {
+        file: PathBuf,
+        /// The plugin directory [default: the config's plugin_dir, else target/plugins].
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+        /// The agent's config file, for its plugin_dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run one plugin against the live kernel and record the ring-buffer batches it receives.
     Record {
         /// A plugin name (looked up as `<plugin-dir>/<name>.wasm`) or a .wasm path.
@@ -147,6 +213,32 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Plugins(PluginsCommand::Inspect { file }) => inspect(&file).await,
             Command::Plugins(PluginsCommand::Validate { file }) => validate_file(&file).await,
+            Command::Plugins(PluginsCommand::Load {
+                file,
+                plugin_dir,
+                config,
+            }) => load(&file, plugin_dir, config.as_deref()).await,
+            Command::Status { api, json } => crate::remote::status(&api.resolve()?, json).await,
+            Command::Events {
+                api,
+                follow,
+                tracer,
+                container,
+                since,
+                limit,
+                json,
+            } => {
+                let args = crate::remote::EventsArgs {
+                    follow,
+                    tracer,
+                    container,
+                    since,
+                    limit,
+                    json,
+                };
+                crate::remote::events(&api.resolve()?, &args).await
+            }
+            Command::Routes => crate::remote::routes(),
             Command::Plugins(PluginsCommand::Record {
                 plugin,
                 duration,
@@ -162,13 +254,14 @@ pub fn main() -> ExitCode {
             }) => replay(&plugin, &recording, config.as_deref(), plugin_dir).await,
             Command::Config(ConfigCommand::Check { file }) => {
                 Config::load(&file)?;
-                println!("{}: ok", file.display());
-                Ok(())
+                print_line(&format!("{}: ok", file.display()))
             }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `kpulse ... | head -1`: the reader has what it wanted; nothing to report.
+        Err(err) if crate::remote::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kpulse: {err:#}");
             ExitCode::FAILURE
@@ -316,22 +409,60 @@ async fn inspect(file: &Path) -> anyhow::Result<()> {
         "bpf_objects": crate::bpf::embedded_objects(&std::fs::read(file)?),
         "valid": validate(&info).err().map_or_else(|| json!(true), |e| json!(e)),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_line(&serde_json::to_string_pretty(&report)?)
+}
+
+/// Prints `text` and a newline; a closed stdout is an error (see [`crate::remote::Out`]),
+/// not a `println!` panic.
+fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut out = crate::remote::Out::new();
+    out.line(text)?;
+    out.flush()?;
     Ok(())
 }
 
-async fn validate_file(file: &Path) -> anyhow::Result<()> {
+/// Describes and validates `file` as `kpulse plugins validate` does; its description.
+async fn validated(file: &Path) -> anyhow::Result<crate::plugins::Description> {
     let (info, _, _) = describe_file(file).await?;
     validate(&info)
         .map_err(|message| anyhow::anyhow!("{}: invalid description: {message}", file.display()))?;
-    println!(
+    Ok(info)
+}
+
+/// The name of a valid plugin file (for `kpulse plugins load`).
+pub(crate) async fn validated_name(file: &Path) -> anyhow::Result<String> {
+    Ok(validated(file).await?.name)
+}
+
+async fn validate_file(file: &Path) -> anyhow::Result<()> {
+    let info = validated(file).await?;
+    print_line(&format!(
         "{}: ok: plugin {} {} ({})",
         file.display(),
         info.name,
         info.version,
         info.kinds.names().join("+")
-    );
-    Ok(())
+    ))
+}
+
+async fn load(
+    file: &Path,
+    plugin_dir: Option<PathBuf>,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let plugin_dir = match plugin_dir {
+        Some(dir) => dir,
+        None => match config {
+            Some(path) => Config::load(path)?.plugin_dir,
+            None => Config::default().plugin_dir,
+        },
+    };
+    let installed = crate::remote::load(file, &plugin_dir).await?;
+    print_line(&format!(
+        "{}: valid; installed as {}",
+        file.display(),
+        installed.display()
+    ))
 }
 
 /// A one-plugin agent without HTTP or watcher, for record and replay.
@@ -498,9 +629,11 @@ async fn replay(
         limit: 100_000,
     })?;
     documents.reverse();
+    let mut out = crate::remote::Out::new();
     for document in &documents {
-        println!("{document}");
+        out.line(&document.to_string())?;
     }
+    out.flush()?;
     let traps = handle
         .stats
         .traps

@@ -25,6 +25,7 @@ pub mod net;
 pub mod plugins;
 pub mod profiler;
 pub mod record;
+pub mod remote;
 pub mod runtime;
 pub mod rxstamp;
 pub mod sinks;

@@ -40,6 +40,7 @@ mod metrics_host2;
 mod metrics_iolatency;
 mod metrics_net;
 mod metrics_vs_node_exporter;
+mod openapi;
 mod opensearch;
 mod opensearch_secure;
 mod profiler_faults;

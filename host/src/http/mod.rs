@@ -34,7 +34,7 @@ use crate::plugins::stats::PluginState;
 use crate::storage::{EventQuery, Store};
 
 /// Largest `limit` accepted by `/events`.
-const MAX_EVENTS_LIMIT: usize = 10_000;
+pub const MAX_EVENTS_LIMIT: usize = 10_000;
 
 /// What the handlers share.
 pub struct AppState {
@@ -96,6 +96,107 @@ pub async fn serve(
     )
     .await;
     Ok(())
+}
+
+/// One route the agent serves: a method and a path template (`{x}` is one path segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub template: &'static str,
+}
+
+const fn route(method: &'static str, template: &'static str) -> Route {
+    Route { method, template }
+}
+
+/// Every route of the HTTP API, in one place. [`routes`] serves only requests that match an
+/// entry here (anything else is 404, or 405 for a known path), the request metrics label by
+/// these templates, `kpulse routes` prints them, and tests/integration/openapi.rs checks them
+/// against docs/openapi.yaml both ways: a filter added without an entry here is unreachable,
+/// and an entry here without a documented operation fails that test.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/"),
+    route("GET", "/status"),
+    route("GET", "/metrics"),
+    route("GET", "/healthz"),
+    route("GET", "/readyz"),
+    route("GET", "/version"),
+    route("GET", "/plugins"),
+    route("PUT", "/plugins/{name}/{action}"),
+    route("GET", "/tracers"),
+    route("PUT", "/tracers/{name}/{action}"),
+    route("GET", "/containers"),
+    route("GET", "/containers/json"),
+    route("GET", "/events"),
+    route("GET", "/events/watch"),
+    route("POST", "/v1/events/watch"),
+    route("GET", "/profiles/{file}"),
+    route("GET", "/tasks"),
+    route("POST", "/tasks"),
+    route("GET", "/tasks/{id}"),
+    route("DELETE", "/tasks/{id}"),
+];
+
+/// Whether `path` fits `template`: literal segments equal, `{x}` any non-empty segment.
+/// Leading and trailing slashes are ignored, as warp's path filters ignore them.
+fn fits(template: &str, path: &str) -> bool {
+    let mut want = template.trim_matches('/').split('/');
+    let mut got = path.trim_matches('/').split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The template of [`ROUTES`] that `path` belongs to, literal templates first (so that a
+/// fixed path wins over a `{x}` one of the same length).
+pub fn template_of(path: &str) -> Option<&'static str> {
+    let literal = ROUTES
+        .iter()
+        .find(|r| !r.template.contains('{') && fits(r.template, path));
+    literal
+        .or_else(|| ROUTES.iter().find(|r| fits(r.template, path)))
+        .map(|r| r.template)
+}
+
+/// A known path asked with a method [`ROUTES`] does not list for it: 405 with `Allow`.
+#[derive(Debug)]
+struct MethodNotInTable {
+    /// The methods the table lists for the path (RFC 9110 requires them in `Allow`).
+    allow: String,
+}
+impl warp::reject::Reject for MethodNotInTable {}
+
+/// Lets through only requests that [`ROUTES`] lists.
+fn listed() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and_then(
+            |method: warp::http::Method, path: warp::path::FullPath| async move {
+                let path = path.as_str();
+                let known: Vec<&Route> = ROUTES.iter().filter(|r| fits(r.template, path)).collect();
+                if known.is_empty() {
+                    Err(warp::reject::not_found())
+                } else if known.iter().any(|r| r.method == method.as_str()) {
+                    Ok(())
+                } else {
+                    let mut allow: Vec<&str> = known.iter().map(|r| r.method).collect();
+                    allow.dedup();
+                    Err(warp::reject::custom(MethodNotInTable {
+                        allow: allow.join(", "),
+                    }))
+                }
+            },
+        )
+        .untuple_one()
 }
 
 /// All routes; public for tests and benches.
@@ -197,6 +298,17 @@ pub fn routes(
                     &format!("unknown parameter {key:?}; use runtime, state"),
                 );
             }
+            // A misspelt state would otherwise match nothing and look like an empty host.
+            if let Some(wanted) = params
+                .get("state")
+                .filter(|s| !matches!(s.as_str(), "running" | "stopped"))
+            {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("state must be running or stopped, got {wanted:?}"),
+                );
+            }
             let table = state.containers.snapshot();
             let listed: Vec<&crate::containers::Container> = table
                 .containers()
@@ -296,38 +408,51 @@ pub fn routes(
             },
         );
 
-    metrics
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(version)
-        .unify()
-        .or(plugins)
-        .unify()
-        .or(control)
-        .unify()
-        .or(events)
-        .unify()
-        .or(containers)
-        .unify()
-        .or(containers_json)
-        .unify()
-        // Boxed halfway: one unboxed chain of this many filters overflows the trait solver.
-        .boxed()
-        .or(watch::route(state.clone()))
-        .unify()
-        .or(cloudevents::route(state.clone()))
-        .unify()
-        .or(tracers::routes(state.clone()))
-        .unify()
-        .or(profiles::routes(state.clone()))
-        .unify()
-        .or(status::route(state.clone()))
-        .unify()
+    listed()
+        .and(
+            metrics
+                .or(healthz)
+                .unify()
+                .or(readyz)
+                .unify()
+                .or(version)
+                .unify()
+                .or(plugins)
+                .unify()
+                .or(control)
+                .unify()
+                .or(events)
+                .unify()
+                .or(containers)
+                .unify()
+                .or(containers_json)
+                .unify()
+                // Boxed halfway: one unboxed chain of this many filters overflows the trait solver.
+                .boxed()
+                .or(watch::route(state.clone()))
+                .unify()
+                .or(cloudevents::route(state.clone()))
+                .unify()
+                .or(tracers::routes(state.clone()))
+                .unify()
+                .or(profiles::routes(state.clone()))
+                .unify()
+                .or(status::route(state.clone()))
+                .unify(),
+        )
         .recover(|rejection: warp::Rejection| async move {
             let (status, message) = if rejection.is_not_found() {
                 (StatusCode::NOT_FOUND, "no such endpoint".to_owned())
+            } else if let Some(refused) = rejection.find::<MethodNotInTable>() {
+                let mut reply = error_reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "request",
+                    "method not allowed",
+                );
+                if let Ok(allow) = warp::http::HeaderValue::from_str(&refused.allow) {
+                    reply.headers_mut().insert(warp::http::header::ALLOW, allow);
+                }
+                return Ok::<_, Infallible>(reply);
             } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
                 (
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -411,7 +536,9 @@ fn authorized(state: &AppState, remote: Option<SocketAddr>, auth: Option<&str>) 
 
 use basic_auth::constant_time_eq;
 
-fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, String> {
+/// The filters of `GET /events` from its query parameters (public for the fuzz targets).
+#[doc(hidden)]
+pub fn parse_event_query(params: &HashMap<String, String>) -> Result<EventQuery, String> {
     for key in params.keys() {
         if !matches!(
             key.as_str(),
@@ -474,6 +601,31 @@ fn error_reply(status: StatusCode, code: &str, message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_fit_templates() {
+        assert_eq!(template_of("/"), Some("/"));
+        assert_eq!(template_of(""), Some("/"));
+        assert_eq!(template_of("/metrics/"), Some("/metrics"));
+        assert_eq!(
+            template_of("/plugins/oom/stop"),
+            Some("/plugins/{name}/{action}")
+        );
+        assert_eq!(template_of("/events/watch"), Some("/events/watch"));
+        assert_eq!(template_of("/containers/json"), Some("/containers/json"));
+        assert_eq!(template_of("/tasks/abc"), Some("/tasks/{id}"));
+        assert_eq!(template_of("/plugins//stop"), None);
+        assert_eq!(template_of("/plugins/oom"), None);
+        assert_eq!(template_of("/no/such/thing/at/all"), None);
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            assert!(a.template.starts_with('/'), "{a:?}");
+            assert!(ROUTES[i + 1..].iter().all(|b| b != a), "{a:?} listed twice");
+        }
+    }
 
     #[test]
     fn event_query_validation() {

@@ -115,30 +115,9 @@ impl HttpMetrics {
     }
 }
 
-/// The route template a path belongs to.
+/// The route template a path belongs to (one of [`super::ROUTES`]), or `other`.
 pub fn route(path: &str) -> &'static str {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match parts.as_slice() {
-        [""] => "/",
-        ["metrics"] => "/metrics",
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["version"] => "/version",
-        ["status"] => "/status",
-        ["events"] => "/events",
-        ["events", "watch"] => "/events/watch",
-        ["v1", "events", "watch"] => "/v1/events/watch",
-        ["plugins"] => "/plugins",
-        ["plugins", _, _] => "/plugins/{name}/{action}",
-        ["tracers"] => "/tracers",
-        ["tracers", _, _] => "/tracers/{name}/{action}",
-        ["containers"] => "/containers",
-        ["containers", "json"] => "/containers/json",
-        ["tasks"] => "/tasks",
-        ["tasks", _] => "/tasks/{id}",
-        ["profiles", _] => "/profiles/{file}",
-        _ => "other",
-    }
+    super::template_of(path).unwrap_or("other")
 }
 
 #[cfg(test)]
