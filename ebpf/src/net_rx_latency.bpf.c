@@ -25,6 +25,10 @@
  * (added in 6.x; checked with CO-RE).  Segments handled in other states (SYN,
  * FIN_WAIT, ...) are not seen at this stage.
  *
+ * NETIF and USERCOPY exist twice: as tp_btf programs (a direct call from the
+ * tracepoint with typed arguments, skb fields read with plain BTF loads: the
+ * cheap path, preferred) and as classic tracepoints, the fallback.
+ *
  * Header parsing: NETIF reads the IPv4 header at skb->data (the MAC header
  * has been pulled, network_header is not reset yet at this tracepoint);
  * TCPV4/USERCOPY use skb->head + network_header / transport_header.
@@ -134,27 +138,47 @@ static __always_inline void parse_skb_headers(struct sk_buff *skb, struct rx_l34
 	parse_ipv4(head + nh, th == KP_HDR_UNSET ? NULL : head + th, l);
 }
 
-/* Returns latency in ns (> 0) and the raw tstamp, or 0 if not measurable. */
-static __always_inline __u64 skb_latency(struct sk_buff *skb, __u64 *tstamp_out)
+/* Latency in ns (> 0) of a CLOCK_REALTIME stamp, or 0 if not measurable. */
+static __always_inline __u64 stamp_latency(__s64 tstamp, __u64 *tstamp_out)
 {
-	__s64 tstamp, now_wall, d;
+	__s64 d;
 
-	if (mono_wall_offset == 0)
-		return 0;
-	tstamp = BPF_CORE_READ(skb, tstamp);
 	if (tstamp <= 0)
 		return 0;
-	if (bpf_core_field_exists(skb->tstamp_type)) {
-		/* 0 == SKB_CLOCK_REALTIME; MONOTONIC/TAI are delivery times */
-		if (BPF_CORE_READ_BITFIELD_PROBED(skb, tstamp_type) != 0)
-			return 0;
-	}
-	now_wall = (__s64)bpf_ktime_get_ns() + mono_wall_offset;
-	d = now_wall - tstamp;
+	d = (__s64)bpf_ktime_get_ns() + mono_wall_offset - tstamp;
 	if (d <= 0)
 		return 0;
 	*tstamp_out = (__u64)tstamp;
 	return (__u64)d;
+}
+
+/* Returns latency in ns (> 0) and the raw tstamp, or 0 if not measurable.
+ * tstamp_type 0 == SKB_CLOCK_REALTIME; MONOTONIC/TAI are delivery times. */
+static __always_inline __u64 skb_latency(struct sk_buff *skb, __u64 *tstamp_out)
+{
+	__s64 tstamp;
+
+	if (mono_wall_offset == 0)
+		return 0;
+	tstamp = BPF_CORE_READ(skb, tstamp);
+	if (tstamp > 0 && bpf_core_field_exists(skb->tstamp_type) &&
+	    BPF_CORE_READ_BITFIELD_PROBED(skb, tstamp_type) != 0)
+		return 0;
+	return stamp_latency(tstamp, tstamp_out);
+}
+
+/* skb_latency for a BTF-typed skb (tp_btf): plain loads instead of probe reads. */
+static __always_inline __u64 skb_latency_btf(struct sk_buff *skb, __u64 *tstamp_out)
+{
+	__s64 tstamp;
+
+	if (mono_wall_offset == 0)
+		return 0;
+	tstamp = skb->tstamp;
+	if (tstamp > 0 && bpf_core_field_exists(skb->tstamp_type) &&
+	    BPF_CORE_READ_BITFIELD(skb, tstamp_type) != 0)
+		return 0;
+	return stamp_latency(tstamp, tstamp_out);
 }
 
 static __always_inline int emit(struct sk_buff *skb, struct sock *sk, __u32 stage,
@@ -211,6 +235,8 @@ static __always_inline int emit(struct sk_buff *skb, struct sock *sk, __u32 stag
 	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 	if (name_loc)
 		kp_read_data_loc_str(ctx, name_loc, e->ifname, sizeof(e->ifname));
+	else if (dev)
+		bpf_core_read_str(e->ifname, sizeof(e->ifname), &dev->name);
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;
@@ -269,4 +295,34 @@ int rx_usercopy(struct trace_event_raw_skb_copy_datagram_iovec *ctx)
 		parse_skb_headers(skb, &l);
 	return emit(skb, NULL, KP_RX_STAGE_USERCOPY, usercopy_threshold_ns,
 		    ctx->len > 0 ? (__u32)ctx->len : 0, lat, tstamp, &l, NULL, ctx, 0);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(rx_netif_btf, struct sk_buff *skb)
+{
+	struct rx_l34 l = {};
+	__u64 lat, tstamp = 0;
+
+	lat = skb_latency_btf(skb, &tstamp);
+	if (lat == 0 || lat < netif_threshold_ns)
+		return 0;
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(KP_ETH_P_IP))
+		parse_ipv4(BPF_CORE_READ(skb, data), NULL, &l);
+	return emit(skb, NULL, KP_RX_STAGE_NETIF, netif_threshold_ns, BPF_CORE_READ(skb, len),
+		    lat, tstamp, &l, BPF_CORE_READ(skb, dev), ctx, 0);
+}
+
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(rx_usercopy_btf, struct sk_buff *skb, int len)
+{
+	struct rx_l34 l = {};
+	__u64 lat, tstamp = 0;
+
+	lat = skb_latency_btf(skb, &tstamp);
+	if (lat == 0 || lat < usercopy_threshold_ns)
+		return 0;
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(KP_ETH_P_IP))
+		parse_skb_headers(skb, &l);
+	return emit(skb, NULL, KP_RX_STAGE_USERCOPY, usercopy_threshold_ns,
+		    len > 0 ? (__u32)len : 0, lat, tstamp, &l, NULL, ctx, 0);
 }

@@ -17,6 +17,7 @@
 //!   (softirq raise→entry zones, `skb->tstamp` at netif_receive_skb and at the user copy),
 //!   with an `SO_TIMESTAMPNS` socket open.
 //!
+//! Agents and bpftrace run [`SETTLE`] before their arm is measured (steady state).
 //! `kernel.bpf_stats_enabled` stays 0 during every throughput arm (counting adds two clock
 //! reads to every program run). The BPF run time per program is measured afterwards, in a
 //! separate short window with statistics on.
@@ -32,6 +33,8 @@ use kpulse_integration_tests::{Agent, plugin_wasm};
 
 const SECONDS: u64 = 8;
 const ROUNDS: usize = 6;
+/// How long an agent runs before its arm is measured.
+const SETTLE: Duration = Duration::from_secs(5);
 const PLUGINS: [&str; 7] = [
     "dropwatch",
     "softirq",
@@ -145,7 +148,7 @@ impl Bpftrace {
                 return None;
             }
             if bpftrace_programs() >= before + 4 {
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(SETTLE);
                 return Some(bpftrace);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -225,6 +228,9 @@ impl Arm {
             for p in PLUGINS {
                 agent.wait_state(p, "running", Duration::from_secs(60));
             }
+            // Steady state, as on a host where the agent runs for days: start-up (compile
+            // children, BTF parses, first timers) is over before the packets are counted.
+            std::thread::sleep(SETTLE);
             agent
         };
         match self {
@@ -235,8 +241,6 @@ impl Arm {
             }
             Arm::AlwaysOn => {
                 let _agent = agent(&format!("{NO_COST_SAMPLING}{ALWAYS_ON}"));
-                // The hooks attach in start; give the timestamp socket and attach a moment.
-                std::thread::sleep(Duration::from_secs(1));
                 Some(udp_flood(SECONDS))
             }
             Arm::RxTimestamps => {

@@ -285,12 +285,18 @@ impl NetRxLatency {
                 Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
             ],
         )?;
-        object.attach("rx_netif", Attach::tracepoint("net", "netif_receive_skb"))?;
+        // The per-packet stages as tp_btf (cheap), the classic tracepoint where that fails.
+        for (program, category, tracepoint) in [
+            ("rx_netif", "net", "netif_receive_skb"),
+            ("rx_usercopy", "skb", "skb_copy_datagram_iovec"),
+        ] {
+            let btf = format!("{program}_btf");
+            if let Err(err) = object.attach(&btf, Attach::TpBtf(tracepoint.to_owned())) {
+                log::info(&format!("tp_btf/{tracepoint}: {err}; using the tracepoint"));
+                object.attach(program, Attach::tracepoint(category, tracepoint))?;
+            }
+        }
         object.attach("rx_tcp", Attach::tracepoint("tcp", "tcp_probe"))?;
-        object.attach(
-            "rx_usercopy",
-            Attach::tracepoint("skb", "skb_copy_datagram_iovec"),
-        )?;
         object.subscribe("events")?;
         self.object = Some(object);
         self.attaches += 1;
