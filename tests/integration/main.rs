@@ -9,6 +9,7 @@ mod autotracing_dload;
 mod autotracing_iotracing;
 mod autotracing_memburst;
 mod bpf;
+mod capabilities;
 mod cli;
 mod config;
 mod containers;
