@@ -636,4 +636,38 @@ KP_ASSERT_SIZE(kp_ras_arm_event, 96);
 KP_ASSERT_OFF(kp_ras_arm_event, affinity, 88);
 /* ==== end of tcp_retransmit / netdev_txqueue_timeout / ras ================ */
 
+/* ==== sched_tick ============================================================
+ *
+ *   sched_tick.bpf.o  programs: sched_tick  perf_event (software cpu-clock,
+ *                               one event per online CPU, attached by the host
+ *                               at the plugin's frequency)
+ *     maps: events (RINGBUF 64K, KP_EV_SCHED_TICK), last_sample (PERCPU_ARRAY[1]
+ *           u64 ns), stats
+ *
+ *  `volatile const` knobs: threshold_ns = 10000000 (HUATUO's
+ *  sched_tick_interval_threshold_ns)
+ */
+enum kp_event_kind_sched {
+	KP_EV_SCHED_TICK = 40,
+};
+
+/* KP_EV_SCHED_TICK (336 bytes): two samples of the CPU's clock event farther
+ * apart than threshold_ns: the hrtimer interrupt could not run in between
+ * (interrupts off, or the vCPU not running). */
+struct kp_sched_tick_event {
+	struct kp_event_header hdr; /*   0: current when the late interrupt ran: the
+	                             *      task that had interrupts off (or idle) */
+	__u64 interval_ns;          /*  48: this sample - the CPU's previous one */
+	__u64 threshold_ns;         /*  56: threshold_ns in effect */
+	__u64 period_ns;            /*  64: the event's sample period (1e9 / Hz) */
+	__u32 stack_depth;          /*  72: valid entries in stack[] */
+	__u32 _pad0;                /*  76: zero */
+	__u64 stack[KP_STACK_DEPTH]; /* 80: kernel stack where the interrupt landed,
+	                             *      i.e. where interrupts were enabled again */
+};
+
+KP_ASSERT_SIZE(kp_sched_tick_event, 336);
+KP_ASSERT_OFF(kp_sched_tick_event, stack, 80);
+/* ==== end of sched_tick ==================================================== */
+
 #endif /* KPULSE_EVENTS_H */

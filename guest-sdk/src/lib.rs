@@ -33,6 +33,7 @@ pub mod context;
 pub mod error;
 pub mod flame;
 pub mod fs;
+pub mod link_events;
 pub mod log;
 pub mod metric;
 pub mod net;

@@ -120,6 +120,9 @@ pub const KP_RAS_ARM: u32 = 5;
 /// `enum kp_ras_source`.
 pub const KP_RAS_NR: u32 = 6;
 
+/// `enum kp_event_kind_sched`.
+pub const KP_EV_SCHED_TICK: u32 = 40;
+
 /// `#define KP_ABI_VERSION 1`.
 pub const KP_ABI_VERSION: u32 = 1;
 /// `#define KP_COMM_LEN 16`.
@@ -2372,6 +2375,86 @@ impl RasArmEvent {
 }
 
 impl Default for RasArmEvent {
+    /// All zeros.
+    fn default() -> Self {
+        Self::read(&[], 0)
+    }
+}
+
+/// `struct kp_sched_tick_event`, 336 bytes.
+///
+/// KP_EV_SCHED_TICK (336 bytes): two samples of the CPU's clock event farther
+/// apart than threshold_ns: the hrtimer interrupt could not run in between
+/// (interrupts off, or the vCPU not running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SchedTickEvent {
+    /// `struct kp_event_header hdr` at byte 0: current when the late interrupt ran: the task
+    /// that had interrupts off (or idle).
+    pub hdr: EventHeader,
+    /// `__u64 interval_ns` at byte 48: this sample - the CPU's previous one.
+    pub interval_ns: u64,
+    /// `__u64 threshold_ns` at byte 56: threshold_ns in effect.
+    pub threshold_ns: u64,
+    /// `__u64 period_ns` at byte 64: the event's sample period (1e9 / Hz).
+    pub period_ns: u64,
+    /// `__u32 stack_depth` at byte 72: valid entries in stack[].
+    pub stack_depth: u32,
+    /// `__u32 _pad0` at byte 76: zero.
+    pub _pad0: u32,
+    /// `__u64 stack[32]` at bytes 80..336: kernel stack where the interrupt landed, i.e. where
+    /// interrupts were enabled again.
+    pub stack: [u64; 32],
+}
+
+impl SchedTickEvent {
+    /// `sizeof(struct kp_sched_tick_event)`.
+    pub const SIZE: usize = 336;
+
+    /// The record at the start of `bytes`; `None` if `bytes` is shorter than
+    /// [`Self::SIZE`].
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= Self::SIZE).then(|| Self::read(bytes, 0))
+    }
+
+    /// The record at the start of `bytes`, reading what lies past the end of a short
+    /// `bytes` as zeros.
+    pub fn parse_padded(bytes: &[u8]) -> Self {
+        Self::read(bytes, 0)
+    }
+
+    /// The record's bytes, as the BPF program writes them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        self.write(&mut out, 0);
+        out
+    }
+
+    fn read(b: &[u8], at: usize) -> Self {
+        Self {
+            hdr: EventHeader::read(b, at),
+            interval_ns: u64::from_le_bytes(take(b, at + 48)),
+            threshold_ns: u64::from_le_bytes(take(b, at + 56)),
+            period_ns: u64::from_le_bytes(take(b, at + 64)),
+            stack_depth: u32::from_le_bytes(take(b, at + 72)),
+            _pad0: u32::from_le_bytes(take(b, at + 76)),
+            stack: core::array::from_fn(|i0| u64::from_le_bytes(take(b, at + 80 + i0 * 8))),
+        }
+    }
+
+    fn write(&self, out: &mut [u8], at: usize) {
+        self.hdr.write(out, at);
+        put(out, at + 48, &self.interval_ns.to_le_bytes());
+        put(out, at + 56, &self.threshold_ns.to_le_bytes());
+        put(out, at + 64, &self.period_ns.to_le_bytes());
+        put(out, at + 72, &self.stack_depth.to_le_bytes());
+        put(out, at + 76, &self._pad0.to_le_bytes());
+        for (i0, v0) in self.stack.iter().enumerate() {
+            put(out, at + 80 + i0 * 8, &v0.to_le_bytes());
+        }
+    }
+}
+
+impl Default for SchedTickEvent {
     /// All zeros.
     fn default() -> Self {
         Self::read(&[], 0)

@@ -16,7 +16,7 @@ wasmtime::component::bindgen!({
 
 pub use kpulse::plugin::types::{ErrorCode, Kinds, Level, MetricKind, RunType};
 pub use kpulse::plugin::{
-    bpf, clock, containers, fs, host, log, net, profiler, statfs, storage, types,
+    bpf, clock, containers, fs, host, link_events, log, net, profiler, statfs, storage, types,
 };
 
 /// The contract version this host implements; components built for another are refused.

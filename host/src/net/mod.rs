@@ -1,11 +1,13 @@
 //! Read-only netlink queries for the `net` interface, free of WIT types: network devices
 //! and their stats64 counters, qdiscs (rtnetlink), DCB priority flow control, RDMA device
 //! counters (`nldev`), and the task counts of a cgroup v1 directory (taskstats
-//! `CGROUPSTATS`). All in the host's network namespace.
+//! `CGROUPSTATS`). All in the host's network namespace. [`link_events`] is the one
+//! subscription: link notifications for the `link-events` interface.
 //!
 //! Calls block, each for at most [`netlink::TIMEOUT`]: they run on the calling plugin's own
 //! actor thread, never on the tokio runtime.
 
+pub mod link_events;
 pub mod netlink;
 mod rdma;
 mod rtnetlink;

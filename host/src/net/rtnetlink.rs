@@ -26,7 +26,10 @@ const TCA_STATS_PKT64: u16 = 8;
 const MAX_IFNAME: usize = 15;
 
 /// Dumps with `message` and parses every answer as a route message.
-fn dump(what: &str, message: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+pub(super) fn dump(
+    what: &str,
+    message: RouteNetlinkMessage,
+) -> Result<Vec<RouteNetlinkMessage>, NetError> {
     let mut payload = vec![0u8; message.buffer_len()];
     message.serialize(&mut payload);
     let request = netlink::request(message.message_type(), NLM_F_REQUEST | NLM_F_DUMP, &payload);
@@ -39,7 +42,7 @@ fn dump(what: &str, message: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMess
         .collect()
 }
 
-fn oper_state(state: link::State) -> OperState {
+pub(super) fn oper_state(state: link::State) -> OperState {
     match state {
         link::State::NotPresent => OperState::NotPresent,
         link::State::Down => OperState::Down,
