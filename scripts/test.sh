@@ -60,6 +60,14 @@ set +a
 cargo test --release -p kpulse
 cargo test --release --workspace --exclude kpulse --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests
+# Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable): every parser of untrusted bytes, bounded
+# for CI: 20 s per target, 10 targets, so about 3.5 minutes of fuzzing plus about 14 minutes
+# for the first (instrumented, fuzz/target) build on 2 cores. KPULSE_FUZZ_SECONDS changes
+# the time per target; KPULSE_FUZZ=0 skips it.
+if [ "${KPULSE_FUZZ:-1}" = 1 ]; then
+    echo "== fuzz"
+    scripts/fuzz.sh "${KPULSE_FUZZ_SECONDS:-20}"
+fi
 # The kernel matrix (scripts/kernel-matrix.sh): the agent on Debian's 6.1 kernel under qemu
 # software emulation, for the kprobe, fentry and cgroup v2 paths this host lacks. About 4
 # minutes (compiling the plugins under emulation is most of it) plus a 27 MB download on the

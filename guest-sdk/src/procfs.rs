@@ -86,16 +86,21 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// All ticks (guest time is already included in user and nice).
+    /// All ticks (guest time is already included in user and nice). Saturates: the
+    /// fields come from text, and a huge value must not panic the plugin (found by
+    /// fuzz/fuzz_targets/procfs.rs).
     pub fn total(&self) -> u64 {
-        self.user
-            + self.nice
-            + self.system
-            + self.idle
-            + self.iowait
-            + self.irq
-            + self.softirq
-            + self.steal
+        [
+            self.nice,
+            self.system,
+            self.idle,
+            self.iowait,
+            self.irq,
+            self.softirq,
+            self.steal,
+        ]
+        .into_iter()
+        .fold(self.user, u64::saturating_add)
     }
 }
 
@@ -199,7 +204,12 @@ pub struct ProcessStat {
 pub fn parse_process_stat(text: &str) -> Result<ProcessStat> {
     let bad = || Error::msg("malformed /proc/<pid>/stat");
     let open = text.find('(').ok_or_else(bad)?;
-    let close = text.rfind(')').ok_or_else(bad)?;
+    // A `)` before the first `(` (a truncated or forged line) is malformed, not a slice
+    // panic.
+    let close = text
+        .rfind(')')
+        .filter(|&close| close > open)
+        .ok_or_else(bad)?;
     let pid = text[..open].trim().parse().map_err(|_| bad())?;
     let comm = text[open + 1..close].to_owned();
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
@@ -553,6 +563,16 @@ mod tests {
             (7, 3, 5, 250)
         );
     }
+    /// Regressions found by fuzz/fuzz_targets/procfs.rs: input that panicked a parser.
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        assert!(parse_process_stat("1 )x( S 1").is_err(), "`)` before `(`");
+        assert!(parse_process_stat(")(").is_err());
+        let max = u64::MAX;
+        let cpu = parse_stat_cpu(&format!("cpu  {max} {max} 1 1 1 1 1 1 0 0\n")).expect("valid");
+        assert_eq!(cpu.total(), u64::MAX, "saturates instead of overflowing");
+    }
+
     #[test]
     fn key_values_counted() {
         let (m, skipped) = parse_key_values_counted("nr_free_pages 12\nbroken\npgfault x\n\n");

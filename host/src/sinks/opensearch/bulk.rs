@@ -34,7 +34,7 @@ pub(super) struct Item {
 pub(super) struct Batch {
     pub(super) seq: u64,
     pub(super) items: Vec<Item>,
-    /// Documents that could not even be routed (not JSON): dead-lettered directly.
+    /// Documents that could not even be routed (not a JSON object): dead-lettered directly.
     pub(super) invalid: Vec<Entry>,
     pub(super) end: Position,
     pub(super) docs: u64,
@@ -55,8 +55,15 @@ impl Batch {
         let mut items = Vec::with_capacity(entries.len());
         let mut invalid = Vec::new();
         for entry in entries {
-            match serde_json::from_str::<Routing>(&entry.line) {
-                Ok(routing) => {
+            // Only an object is a document: serde also reads a struct from an array
+            // (`["id","2024-..."]`), which the cluster would refuse (found by
+            // fuzz/fuzz_targets/bulk_response.rs).
+            let object = entry.line.trim_start().starts_with('{');
+            match serde_json::from_str::<Routing>(&entry.line)
+                .ok()
+                .filter(|_| object)
+            {
+                Some(routing) => {
                     let day = routing
                         .timestamp
                         .as_deref()
@@ -75,7 +82,7 @@ impl Batch {
                         id,
                     });
                 }
-                Err(_) => invalid.push(entry),
+                None => invalid.push(entry),
             }
         }
         Self {

@@ -286,3 +286,49 @@ impl Sink for OpenSearchSink {
         metrics::samples(&self.stats, &self.spool)
     }
 }
+
+/// What [`fuzz_settle`] found.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FuzzSettlement {
+    /// Documents routed into the bulk request (the others are not JSON).
+    pub items: usize,
+    pub not_json: usize,
+    pub indexed: u64,
+    pub duplicates: u64,
+    pub retried: usize,
+    pub missing: usize,
+    pub rejected: usize,
+    /// The bulk request body built for the routed documents.
+    pub body: Vec<u8>,
+}
+
+/// For the fuzz targets (`fuzz/`): routes spooled `lines` as one batch and settles the bulk
+/// `response` body against it, as the bulk task does, without a cluster.
+#[doc(hidden)]
+pub fn fuzz_settle(lines: &[&str], response: &[u8]) -> FuzzSettlement {
+    let entries = lines
+        .iter()
+        .zip(1..)
+        .map(|(line, offset)| Entry {
+            line: (*line).to_owned(),
+            end: Position { segment: 1, offset },
+        })
+        .collect();
+    let batch = Batch::new(1, entries, |day| {
+        day.map_or_else(|| "kpulse-none".to_owned(), |d| format!("kpulse-{d}"))
+    });
+    let body = bulk::request_body(&batch.items);
+    let items = batch.items.len();
+    let settled = bulk::settle(batch.items, response);
+    FuzzSettlement {
+        items,
+        not_json: batch.invalid.len(),
+        indexed: settled.indexed,
+        duplicates: settled.duplicates,
+        retried: settled.retry.len(),
+        missing: settled.missing,
+        rejected: settled.rejected.len(),
+        body,
+    }
+}

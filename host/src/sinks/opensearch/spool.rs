@@ -199,7 +199,18 @@ impl Spool {
             docs += d;
             bytes += b;
         }
-        let segment = live.last().map_or(committed.segment, |last| last + 1);
+        // The fresh segment comes after the committed position: with no segment left (all
+        // deleted or lost while `committed` survived), writing into the committed segment
+        // itself would put new documents before the committed offset, where the reader
+        // never looks (found by fuzz/fuzz_targets/spool.rs).
+        let segment = live.last().map_or_else(
+            || {
+                committed
+                    .segment
+                    .saturating_add(u64::from(committed.offset > 0))
+            },
+            |last| last + 1,
+        );
         let path = segment_path(dir, segment);
         let file = OpenOptions::new()
             .create(true)

@@ -142,6 +142,33 @@ fn spool_survives_reopen_and_skips_torn_lines() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Regression (fuzz/fuzz_targets/spool.rs): a `committed` file naming a position in a
+/// segment that is gone (deleted by hand, lost with the disk) made the fresh segment that
+/// very segment, and documents written before the committed offset were never read.
+#[test]
+fn spool_past_a_vanished_committed_segment_reads_new_documents() {
+    let dir = scratch("spool-vanished");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("committed"), "2 218").unwrap();
+    std::fs::write(dir.join(format!("{:020}.ndjson", 1)), "{\"old\":1}\n").unwrap();
+    let spool = Spool::open(&dir, 1 << 20, 1 << 10, FullPolicy::DropNewest).unwrap();
+    assert_eq!(spool.waiting(), 0);
+    spool.push(r#"{"new":1}"#);
+    spool.flush();
+    let mut cursor = spool.cursor();
+    let entries = spool.read(&mut cursor, 1 << 20).unwrap();
+    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(lines, [r#"{"new":1}"#]);
+    assert!(
+        cursor
+            > Position {
+                segment: 2,
+                offset: 218
+            }
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn spool_full_policies() {
     let dir = scratch("full-newest");
@@ -247,6 +274,11 @@ fn batch_routes_creates_with_tracer_id() {
                 line: "not json".to_owned(),
                 end: Position::default(),
             },
+            // Regression (fuzz/fuzz_targets/bulk_response.rs): JSON, but not a document.
+            Entry {
+                line: r#"["id9","2024-01-01T00:00:00Z"]"#.to_owned(),
+                end: Position::default(),
+            },
             Entry {
                 line: "{}".to_owned(),
                 end: Position {
@@ -257,11 +289,11 @@ fn batch_routes_creates_with_tracer_id() {
         ],
         |_| "fixed".to_owned(),
     );
-    assert_eq!(batch.invalid.len(), 1);
+    assert_eq!(batch.invalid.len(), 2);
     assert_eq!(batch.items.len(), 1);
     assert_eq!(batch.items[0].id, None);
     assert_eq!(batch.items[0].action, r#"{"create":{"_index":"fixed"}}"#);
-    assert_eq!((batch.seq, batch.docs, batch.bytes), (3, 2, 12));
+    assert_eq!((batch.seq, batch.docs, batch.bytes), (3, 3, 43));
     assert_eq!(batch.end.offset, 7);
 }
 
