@@ -236,7 +236,7 @@ fn non_root_with_the_units_capabilities_runs_every_plugin() {
         .unwrap()
         .trim()
         .to_owned();
-    let bits: Vec<u32> = bounding.iter().map(|c| cap_number(c)).collect();
+    let bits: Vec<u32> = bounding.iter().map(|c| cap_number(c.as_str())).collect();
     let expected: u64 = bits.iter().map(|b| 1u64 << b).sum();
     assert_eq!(
         u64::from_str_radix(&eff, 16).unwrap(),
