@@ -119,7 +119,8 @@ pub struct BpfCounters {
     /// The consumer's programs, for [`cost::sample_window`].
     pub programs: Arc<cost::ProgramCost>,
     /// Kernel run time of its programs inside sampled windows, seconds.
-    pub run_seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    pub run_seconds:
+        prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
     /// Runs of its programs inside sampled windows.
     pub runs: Count,
 }
