@@ -151,6 +151,8 @@ struct Softirq {
     triggers: BTreeMap<Cause, u64>,
     /// Zone counts of earlier windows (their maps are gone), by (zone index, cpu).
     earlier_zones: BTreeMap<(u32, usize), u64>,
+    /// Events lost to a full ring buffer in earlier windows.
+    earlier_lost: u64,
 }
 
 #[derive(Serialize)]
@@ -275,6 +277,7 @@ impl Softirq {
             windows: 0,
             triggers: BTreeMap::new(),
             earlier_zones: BTreeMap::new(),
+            earlier_lost: 0,
         }
     }
 
@@ -305,6 +308,7 @@ impl Softirq {
             for (index, cpu, count) in zone_counts(object)? {
                 *self.earlier_zones.entry((index, cpu)).or_default() += count;
             }
+            self.earlier_lost += object.stat(bpf::Stat::RingFull)?;
         }
         self.object = None;
         Ok(())
@@ -483,16 +487,19 @@ impl Collector for Softirq {
             );
         }
         let mut zones = self.earlier_zones.clone();
+        let mut lost = self.earlier_lost;
         if let Some(object) = &self.object {
-            metrics.push(metric::counter(
-                "lost",
-                object.stat(bpf::Stat::RingFull)? as f64,
-                "Softirq latency events lost in the kernel (ring buffer full).",
-            ));
+            lost += object.stat(bpf::Stat::RingFull)?;
             for (index, cpu, count) in zone_counts(object)? {
                 *zones.entry((index, cpu)).or_default() += count;
             }
         }
+        // Exported detached too (on_demand), with what earlier windows lost.
+        metrics.push(metric::counter(
+            "lost",
+            lost as f64,
+            "Softirq latency events lost in the kernel (ring buffer full).",
+        ));
         // Every (vector, zone, cpu) series exists from the first scrape, zero until counted.
         let cpus = bpf::possible_cpus() as usize;
         for &vec in &self.metric_vecs {
