@@ -73,7 +73,7 @@ tracepoint:skb:skb_copy_datagram_iovec {
 "#;
 
 /// Runs the workload for `seconds`; returns packets received per second.
-fn udp_flood(seconds: u64) -> f64 {
+pub fn udp_flood(seconds: u64) -> f64 {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     receiver
         .set_read_timeout(Some(Duration::from_millis(100)))

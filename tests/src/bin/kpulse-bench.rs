@@ -792,35 +792,13 @@ fn ringbuf() {
 /// sender/receiver pair; returns (yields/s, packets/s).
 fn workload(seconds: u64) -> (f64, f64) {
     let load = SwitchLoad::start(&[0, 1]);
-    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let target = receiver.local_addr().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let payload = [0u8; 256];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = socket.send_to(&payload, target);
-            }
-        })
-    };
     let started = Instant::now();
-    let mut packets = 0u64;
-    let mut buf = [0u8; 512];
-    while started.elapsed() < Duration::from_secs(seconds) {
-        if receiver.recv(&mut buf).is_ok() {
-            packets += 1;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = sender.join();
+    let packets_per_second = packets::udp_flood(seconds);
     let yields = load.finish();
-    let elapsed = started.elapsed().as_secs_f64();
-    (yields as f64 / elapsed, packets as f64 / elapsed)
+    (
+        yields as f64 / started.elapsed().as_secs_f64(),
+        packets_per_second,
+    )
 }
 
 fn overhead() {
