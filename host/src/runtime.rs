@@ -39,12 +39,6 @@ pub enum RuntimeError {
         "{file}: built for {theirs}, but this host implements {WIT_PACKAGE}: rebuild the plugin against a kpulse-sdk for {WIT_PACKAGE}"
     )]
     Version { file: String, theirs: String },
-    #[error("compile cache {path}: {source}")]
-    Cache {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Where a compiled component came from.
@@ -112,12 +106,15 @@ impl Runtime {
             engine.precompile_compatibility_hash().hash(&mut hasher);
             format!("{:016x}", hasher.finish())
         };
-        if let Some(dir) = &cache_dir {
-            create_private_dir(dir).map_err(|source| RuntimeError::Cache {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        // Not fatal (a read-only or full data directory): without its cache the agent
+        // compiles every component at start, which is slower and otherwise the same.
+        let cache_dir = cache_dir.filter(|dir| match create_private_dir(dir) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), %err, "compile cache unusable; compiling without it");
+                false
+            }
+        });
 
         let ticking = engine.clone();
         let (thread_tx, thread_rx) = std::sync::mpsc::channel::<Arc<EpochTicker>>();
@@ -344,6 +341,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    // Already private (a restart, or a read-only disk where it cannot be changed): as is.
+    if std::fs::metadata(dir)?.permissions().mode() & 0o777 == 0o700 {
+        return Ok(());
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 

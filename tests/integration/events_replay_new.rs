@@ -14,7 +14,7 @@ use kpulse_integration_tests::{
 use serde_json::Value;
 
 /// Replays `fixture` into `plugin`, with an optional `[plugins.<name>]` config.
-fn replay(plugin: &str, fixture: &str, config: Option<&str>) -> Vec<Value> {
+pub(crate) fn replay(plugin: &str, fixture: &str, config: Option<&str>) -> Vec<Value> {
     let mut command = Command::new(kpulse_bin());
     command
         .args(["plugins", "replay"])

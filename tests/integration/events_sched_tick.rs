@@ -8,7 +8,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use kpulse_integration_tests::{Agent, kpulse_bin, plugin_wasm, root, sample};
+use kpulse_integration_tests::{Agent, plugin_wasm, sample};
+
+use crate::events_replay_new::replay;
 use serde_json::Value;
 
 /// Idle time of every CPU in seconds (`/proc/stat`, USER_HZ = 100).
@@ -74,6 +76,7 @@ fn sched_tick_attaches_a_perf_clock_and_idle_cpus_give_no_gaps() {
     let docs = documents(&agent);
     let metrics = agent.metrics();
     let gaps = sample(&metrics, "kpulse_sched_tick_gaps_total").unwrap();
+    let idle_gaps = sample(&metrics, "kpulse_sched_tick_idle_gaps_total").unwrap();
     assert_eq!(sample(&metrics, "kpulse_sched_tick_lost_total"), Some(0.0));
     // The program runs on the CPUs' clock (the agent's sampled BPF cost counts it). Whether
     // every gap is an irq-off window cannot be told apart here from an idle vCPU the
@@ -89,12 +92,13 @@ fn sched_tick_attaches_a_perf_clock_and_idle_cpus_give_no_gaps() {
     let cpus = idle_before.len() as f64;
     let rate = runs / sampled.max(f64::MIN_POSITIVE);
     eprintln!(
-        "sched_tick: {gaps} gaps in 5 s with {idle:.2} CPU-seconds idle; {rate:.0} runs/s \
+        "sched_tick: {gaps} gaps in 5 s ({idle_gaps} in the idle task, not saved) with \
+         {idle:.2} CPU-seconds idle; {rate:.0} runs/s \
          over {sampled:.1} s sampled on {cpus} CPUs (250 Hz each)"
     );
     assert!(sampled >= 1.0, "no cost window sampled: {metrics}");
     assert!(rate > 0.0, "the perf program never ran: {metrics}");
-    assert!(docs.len() as f64 <= gaps, "{docs:?}");
+    assert!(docs.len() as f64 <= gaps - idle_gaps, "{docs:?}");
     for doc in &docs {
         let data = &doc["tracer_data"];
         assert!(
@@ -103,26 +107,27 @@ fn sched_tick_attaches_a_perf_clock_and_idle_cpus_give_no_gaps() {
         );
         assert_eq!(data["tick_interval_threshold_ns"], 10_000_000);
         assert_eq!(data["period_ns"], 4_000_000);
+        assert_ne!(data["pid"], 0, "an idle gap saved by default: {doc}");
     }
     let plugin = agent.plugin("sched_tick").unwrap();
     assert!(plugin["last_error"].is_null(), "{plugin}");
 }
 
+/// The decoder, and the idle filter: by default the gap that ended in the idle task is
+/// counted, not saved; with `report_idle = true` it is saved as the host's.
 #[test]
 fn sched_tick_records_replay_into_huatuo_documents() {
-    let out = Command::new(kpulse_bin())
-        .args(["plugins", "replay"])
-        .arg(plugin_wasm("sched_tick"))
-        .arg(root().join("tests/fixtures/replay/sched_tick.kprec"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("0 call errors, 0 traps"), "{stderr}");
-    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let docs = replay("sched_tick", "sched_tick.kprec", None);
+    assert_eq!(
+        docs.len(),
+        1,
+        "the idle gap is not saved by default: {docs:?}"
+    );
+    let docs = replay(
+        "sched_tick",
+        "sched_tick.kprec",
+        Some("[plugins.sched_tick]\nreport_idle = true\n"),
+    );
     assert_eq!(docs.len(), 2, "{docs:?}");
     assert!(
         docs.iter()

@@ -31,6 +31,7 @@ mod events_sched_tick;
 mod events_softirq;
 mod events_softlockup;
 mod events_tcp_retransmit;
+mod fault_matrix;
 mod hot_reload;
 mod http_hardening;
 mod metrics;

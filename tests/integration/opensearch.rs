@@ -28,18 +28,18 @@ running_per_cpu_threshold = 0.0
 cooldown_secs = 0
 "#;
 
-fn os_url() -> String {
+pub(crate) fn os_url() -> String {
     std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned())
 }
 
-fn os_addr() -> SocketAddr {
+pub(crate) fn os_addr() -> SocketAddr {
     let url = os_url();
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     host.to_socket_addrs().unwrap().next().unwrap()
 }
 
 /// One request to the node (Connection: close); returns status and JSON body.
-fn os(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+pub(crate) fn os(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
     cluster_request(os_addr(), method, path, body).map(|(status, _, value)| (status, value))
 }
 
@@ -98,7 +98,7 @@ pub(crate) fn cluster_request(
     ))
 }
 
-fn os_ok(method: &str, path: &str, body: Option<&str>) -> Value {
+pub(crate) fn os_ok(method: &str, path: &str, body: Option<&str>) -> Value {
     let (status, value) = os(method, path, body).unwrap();
     assert!(
         (200..300).contains(&status),
@@ -116,7 +116,7 @@ pub(crate) fn opensearch_script(command: &str) {
 }
 
 /// Makes sure the node is up (a previous test may have stopped it and failed).
-fn ensure_node() {
+pub(crate) fn ensure_node() {
     if os("GET", "/_cluster/health", None).is_err() {
         opensearch_script("start");
     }
@@ -196,7 +196,7 @@ pub(crate) fn stop_generator_and_settle(agent: &Agent) -> f64 {
 }
 
 /// `YYYY.MM.DD` of now, in UTC (civil-from-days, H. Hinnant).
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -616,18 +616,29 @@ fn opensearch_bench() {
     assert_eq!(indexed as usize, docs);
 }
 
-/// Every `_id` in `target` (an index pattern or a data stream), sorted.
-fn remote_ids(target: &str) -> Vec<String> {
+/// Every `_id` in `target` (an index pattern or a data stream), sorted; read with the scroll
+/// API, so any number of documents.
+pub(crate) fn remote_ids(target: &str) -> Vec<String> {
     let _ = os("POST", &format!("/{target}/_refresh"), None);
-    let body = json!({"size": 10_000, "_source": false, "sort": ["_doc"]}).to_string();
-    let hits = os_ok("POST", &format!("/{target}/_search"), Some(&body));
-    let mut ids: Vec<String> = hits["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["_id"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(ids.len() < 10_000, "more documents than one search returns");
+    let body = json!({"size": 5_000, "_source": false, "sort": ["_doc"]}).to_string();
+    let mut page = os_ok("POST", &format!("/{target}/_search?scroll=1m"), Some(&body));
+    let mut ids = Vec::new();
+    loop {
+        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            break;
+        }
+        ids.extend(hits.iter().map(|h| h["_id"].as_str().unwrap().to_owned()));
+        let scroll = json!({"scroll": "1m", "scroll_id": page["_scroll_id"]}).to_string();
+        page = os_ok("POST", "/_search/scroll", Some(&scroll));
+    }
+    if let Some(id) = page["_scroll_id"].as_str() {
+        let _ = os(
+            "DELETE",
+            "/_search/scroll",
+            Some(&json!({"scroll_id": id}).to_string()),
+        );
+    }
     ids.sort();
     ids
 }

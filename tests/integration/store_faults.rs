@@ -20,12 +20,12 @@ use kpulse_integration_tests::{Agent, guest_wasm, sample_with, scratch_dir, wait
 use serde_json::Value;
 
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -49,7 +49,7 @@ impl Drop for Tmpfs {
 }
 
 /// Writes zeros to `path` until the file system refuses more; returns the bytes written.
-fn fill(path: &Path) -> u64 {
+pub(crate) fn fill(path: &Path) -> u64 {
     let mut file = std::fs::File::create(path).unwrap();
     let chunk = vec![0u8; 64 * 1024];
     let mut total = 0u64;

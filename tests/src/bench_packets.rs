@@ -5,9 +5,12 @@
 //! drift of the machine's speed spreads over all arms:
 //!
 //! - `none`: nothing else running (the reference of every ratio);
+//! - `kpulse with no plugin`: the agent process alone (its threads and timers);
 //! - `kpulse defaults`: the seven default event plugins with their default settings
 //!   (`softirq` on demand, `net_rx_latency` attached only while a container has its own
 //!   network namespace);
+//! - `kpulse defaults without dropwatch`: the same minus the one plugin that works during
+//!   the flood (the receiver's queue overflows, and dropwatch reports those drops);
 //! - `kpulse always-on`: the same plugins in HUATUO's behaviour (`softirq` mode `always`,
 //!   `net_rx_latency` attached with the host's namespace excluded in BPF);
 //! - `rx timestamps only`: no BPF, one socket holding `SO_TIMESTAMPNS` (what
@@ -16,6 +19,10 @@
 //! - `bpftrace always-on`: bpftrace doing the same work as the always-on plugins
 //!   (softirq raise→entry zones, `skb->tstamp` at netif_receive_skb and at the user copy),
 //!   with an `SO_TIMESTAMPNS` socket open.
+//!
+//! `KPULSE_PACKETS_ARMS=bare,defaults,nodrop,always,rxts,empty,bpftrace` (any subset; `none` always
+//! runs) and `KPULSE_PACKETS_ROUNDS` (6) narrow a run to the comparison at hand with more
+//! rounds: `KPULSE_PACKETS_ARMS=defaults KPULSE_PACKETS_ROUNDS=20` for the defaults' cost.
 //!
 //! Agents and bpftrace run [`SETTLE`] before their arm is measured (steady state).
 //! `kernel.bpf_stats_enabled` stays 0 during every throughput arm (counting adds two clock
@@ -32,6 +39,7 @@ use std::time::{Duration, Instant};
 use kpulse_integration_tests::{Agent, plugin_wasm};
 
 const SECONDS: u64 = 8;
+/// Rounds by default; `KPULSE_PACKETS_ROUNDS` sets another number.
 const ROUNDS: usize = 6;
 /// How long an agent runs before its arm is measured.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -193,7 +201,11 @@ fn bpftrace_programs() -> usize {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
     None,
+    /// The agent with no plugin at all: what the process itself costs the flood.
+    Bare,
     Defaults,
+    /// The defaults without `dropwatch`: what the drop storm's reports cost.
+    DefaultsNoDropwatch,
     AlwaysOn,
     RxTimestamps,
     EmptyHooks,
@@ -201,19 +213,48 @@ enum Arm {
 }
 
 impl Arm {
-    const ALL: [Arm; 6] = [
+    const ALL: [Arm; 8] = [
         Arm::None,
+        Arm::Bare,
         Arm::Defaults,
+        Arm::DefaultsNoDropwatch,
         Arm::AlwaysOn,
         Arm::RxTimestamps,
         Arm::EmptyHooks,
         Arm::BpftraceAlwaysOn,
     ];
 
+    /// The name `KPULSE_PACKETS_ARMS` (a comma-separated list) selects the arm by.
+    fn key(self) -> &'static str {
+        match self {
+            Arm::None => "none",
+            Arm::Bare => "bare",
+            Arm::Defaults => "defaults",
+            Arm::DefaultsNoDropwatch => "nodrop",
+            Arm::AlwaysOn => "always",
+            Arm::RxTimestamps => "rxts",
+            Arm::EmptyHooks => "empty",
+            Arm::BpftraceAlwaysOn => "bpftrace",
+        }
+    }
+
+    /// The arms to run: `KPULSE_PACKETS_ARMS`, or all; `none` always (the reference).
+    fn selected() -> Vec<Arm> {
+        let wanted = std::env::var("KPULSE_PACKETS_ARMS").unwrap_or_default();
+        Arm::ALL
+            .into_iter()
+            .filter(|arm| {
+                wanted.is_empty() || *arm == Arm::None || wanted.split(',').any(|w| w == arm.key())
+            })
+            .collect()
+    }
+
     fn label(self) -> &'static str {
         match self {
             Arm::None => "none",
+            Arm::Bare => "kpulse with no plugin",
             Arm::Defaults => "kpulse defaults",
+            Arm::DefaultsNoDropwatch => "kpulse defaults without dropwatch",
             Arm::AlwaysOn => "kpulse always-on (HUATUO's behaviour)",
             Arm::RxTimestamps => "rx timestamps only (SO_TIMESTAMPNS socket, no BPF)",
             Arm::EmptyHooks => "empty hooks (bpftrace, programs return at once)",
@@ -222,45 +263,102 @@ impl Arm {
     }
 
     /// Runs the workload under this arm; `None` if the arm could not be set up.
-    fn run(self, plugins: &[PathBuf]) -> Option<f64> {
-        let agent = |config: &str| {
+    fn run(self, plugins: &[PathBuf]) -> Option<Run> {
+        let agent = |plugins: &[PathBuf], config: &str| {
             let agent = Agent::start("bench-packets", plugins, config);
-            for p in PLUGINS {
-                agent.wait_state(p, "running", Duration::from_secs(60));
+            for p in plugins {
+                let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                agent.wait_state(&name, "running", Duration::from_secs(60));
             }
             // Steady state, as on a host where the agent runs for days: start-up (compile
             // children, BTF parses, first timers) is over before the packets are counted.
             std::thread::sleep(SETTLE);
             agent
         };
+        let plain = |rate| Run { rate, agent: None };
         match self {
-            Arm::None => Some(udp_flood(SECONDS)),
-            Arm::Defaults => {
-                let _agent = agent(NO_COST_SAMPLING);
-                Some(udp_flood(SECONDS))
+            Arm::None => Some(plain(udp_flood(SECONDS))),
+            Arm::Bare => Some(flood_with(&agent(&[], NO_COST_SAMPLING))),
+            Arm::Defaults => Some(flood_with(&agent(plugins, NO_COST_SAMPLING))),
+            Arm::DefaultsNoDropwatch => {
+                let without: Vec<PathBuf> = plugins
+                    .iter()
+                    .filter(|p| p.file_stem().is_some_and(|s| s != "dropwatch"))
+                    .cloned()
+                    .collect();
+                Some(flood_with(&agent(&without, NO_COST_SAMPLING)))
             }
-            Arm::AlwaysOn => {
-                let _agent = agent(&format!("{NO_COST_SAMPLING}{ALWAYS_ON}"));
-                Some(udp_flood(SECONDS))
-            }
+            Arm::AlwaysOn => Some(flood_with(&agent(
+                plugins,
+                &format!("{NO_COST_SAMPLING}{ALWAYS_ON}"),
+            ))),
             Arm::RxTimestamps => {
                 let _socket = rx_timestamp_socket();
-                Some(udp_flood(SECONDS))
+                Some(plain(udp_flood(SECONDS)))
             }
             Arm::EmptyHooks => {
                 let _bpftrace = Bpftrace::start(EMPTY_HOOKS)?;
-                Some(udp_flood(SECONDS))
+                Some(plain(udp_flood(SECONDS)))
             }
             Arm::BpftraceAlwaysOn => {
                 let _socket = rx_timestamp_socket();
                 let _bpftrace = Bpftrace::start(BPFTRACE_ALWAYS_ON)?;
-                Some(udp_flood(SECONDS))
+                Some(plain(udp_flood(SECONDS)))
             }
         }
     }
 }
 
-/// Mean and 95 % half-width (t ≈ 2.57 for 5 degrees of freedom) of slowdowns in percent.
+/// One arm's flood: packets/s, and for an agent arm its own CPU (share of one core, its
+/// threads' exact run time) and the documents it saved per second meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rate: f64,
+    agent: Option<(f64, f64)>,
+}
+
+fn documents_saved(agent: &Agent) -> f64 {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("kpulse_plugin_documents_saved_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn flood_with(agent: &Agent) -> Run {
+    let pid = agent.child.id();
+    let (cpu0, docs0) = (
+        super::thread_cpu_ns(pid).values().sum::<u64>(),
+        documents_saved(agent),
+    );
+    let started = Instant::now();
+    let rate = udp_flood(SECONDS);
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = super::thread_cpu_ns(pid)
+        .values()
+        .sum::<u64>()
+        .saturating_sub(cpu0);
+    let docs = documents_saved(agent) - docs0;
+    Run {
+        rate,
+        agent: Some((cpu as f64 / 1e9 / seconds * 100.0, docs / seconds)),
+    }
+}
+
+/// Student's t for a two-sided 95 % interval with `dof` degrees of freedom.
+fn t95(dof: usize) -> f64 {
+    const TABLE: [f64; 10] = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23];
+    match dof {
+        0 => f64::NAN,
+        1..=10 => TABLE[dof - 1],
+        11..=20 => 2.13 - (dof - 11) as f64 * 0.005,
+        21..=30 => 2.06,
+        _ => 2.0,
+    }
+}
+
+/// Mean and 95 % half-width of slowdowns in percent.
 fn summary(slowdowns: &[f64]) -> String {
     if slowdowns.is_empty() {
         return "n/a".to_owned();
@@ -268,7 +366,10 @@ fn summary(slowdowns: &[f64]) -> String {
     let n = slowdowns.len() as f64;
     let mean = slowdowns.iter().sum::<f64>() / n;
     let var = slowdowns.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    format!("{mean:+.2} % ± {:.2} %", 2.57 * (var / n).sqrt())
+    format!(
+        "{mean:+.2} % ± {:.2} % (n = {n})",
+        t95(slowdowns.len() - 1) * (var / n).sqrt()
+    )
 }
 
 pub fn packets() {
@@ -276,25 +377,34 @@ pub fn packets() {
     let stats_was =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    let rounds: usize = std::env::var("KPULSE_PACKETS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
+    let arms = Arm::selected();
     println!(
         "\n## Per-packet cost: loopback UDP (256 B, one sender, one receiver), {SECONDS} s per arm, \
-         {ROUNDS} rounds, arm order rotated each round, kernel.bpf_stats_enabled = 0"
+         {rounds} rounds, arm order rotated each round, kernel.bpf_stats_enabled = 0"
     );
     println!("event plugins: {}", PLUGINS.join(", "));
-    let mut rates: Vec<Vec<Option<f64>>> = vec![Vec::new(); Arm::ALL.len()];
-    for round in 0..ROUNDS {
-        let mut order = Arm::ALL.to_vec();
-        order.rotate_left(round % Arm::ALL.len());
+    let mut rates: Vec<Vec<Option<f64>>> = vec![Vec::new(); arms.len()];
+    let mut agent_use: Vec<Vec<(f64, f64)>> = vec![Vec::new(); arms.len()];
+    for round in 0..rounds {
+        let mut order = arms.clone();
+        order.rotate_left(round % arms.len());
         for arm in order {
-            let index = Arm::ALL.iter().position(|a| *a == arm).unwrap();
-            let rate = arm.run(&plugins);
-            eprintln!("round {} {:?}: {rate:?} packets/s", round + 1, arm);
-            rates[index].push(rate);
+            let index = arms.iter().position(|a| *a == arm).unwrap();
+            let run = arm.run(&plugins);
+            eprintln!("round {} {:?}: {run:?}", round + 1, arm);
+            rates[index].push(run.map(|r| r.rate));
+            agent_use[index].extend(run.and_then(|r| r.agent));
         }
     }
-    println!("| arm | packets/s (median) | slowdown vs none, mean ± 95 % CI |\n|---|---|---|");
+    println!(
+        "| arm | packets/s (median) | slowdown vs none, mean ± 95 % CI | agent CPU during the flood | documents/s saved |\n|---|---|---|---|---|"
+    );
     let none = &rates[0];
-    for (arm, arm_rates) in Arm::ALL.iter().zip(&rates) {
+    for (arm, arm_rates) in arms.iter().zip(&rates) {
         let slowdowns: Vec<f64> = arm_rates
             .iter()
             .zip(none)
@@ -308,9 +418,27 @@ pub fn packets() {
         } else {
             summary(&slowdowns)
         };
-        println!("| {} | {median:.0} | {cost} |", arm.label());
+        let uses = &agent_use[arms.iter().position(|a| a == arm).unwrap_or(0)];
+        let (cpu, docs) = if uses.is_empty() {
+            (String::new(), String::new())
+        } else {
+            let n = uses.len() as f64;
+            (
+                format!(
+                    "{:.2} % of a core",
+                    uses.iter().map(|u| u.0).sum::<f64>() / n
+                ),
+                format!("{:.0}", uses.iter().map(|u| u.1).sum::<f64>() / n),
+            )
+        };
+        println!(
+            "| {} | {median:.0} | {cost} | {cpu} | {docs} |",
+            arm.label()
+        );
     }
-    bpf_run_time(&plugins);
+    if arms.contains(&Arm::AlwaysOn) {
+        bpf_run_time(&plugins);
+    }
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
 }
 

@@ -11,6 +11,7 @@
 )]
 
 pub mod containers;
+pub mod fault_proxy;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

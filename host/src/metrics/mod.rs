@@ -292,7 +292,36 @@ impl Exposition {
         handle: &PluginHandle,
         metrics: Vec<Metric>,
     ) {
-        let plugin = &handle.spec.info.name;
+        let dropped = self.add_samples(snapshot, &handle.spec.info.name, metrics);
+        if dropped > 0 {
+            handle
+                .stats
+                .metrics_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// The guests' half of a scrape without a plugin behind it: `metrics` as plugin
+    /// `plugin`'s `update` result, validated, encoded alone in the text format. Returns the
+    /// body and how many samples were dropped. What a guest returns crosses the WIT boundary
+    /// here; the `wit_boundary` fuzz target holds it to a well-formed exposition.
+    pub fn encode_guest_samples(&self, plugin: &str, metrics: Vec<Metric>) -> (String, u64) {
+        let mut snapshot = Snapshot::default();
+        let dropped = self.add_samples(&mut snapshot, plugin, metrics);
+        snapshot.families.retain(|name, _| !is_agent_family(name));
+        let mut registry = Registry::with_prefix(self.config.prefix.clone());
+        registry.register_collector(Box::new(snapshot));
+        let mut body = String::new();
+        if prometheus_client::encoding::prometheus_text::encode(&mut body, &registry).is_err() {
+            body.clear();
+        }
+        (body, dropped)
+    }
+
+    /// Validates one plugin's samples and adds them to `snapshot`; returns how many were
+    /// dropped (bad name, value or labels, a conflict with the family, a repeated series,
+    /// over the per-plugin cap).
+    fn add_samples(&self, snapshot: &mut Snapshot, plugin: &str, metrics: Vec<Metric>) -> u64 {
         let mut dropped = 0u64;
         let containers = self.containers.snapshot();
         let cap = self.config.max_series_per_plugin;
@@ -360,12 +389,7 @@ impl Exposition {
                 dropped += 1;
             }
         }
-        if dropped > 0 {
-            handle
-                .stats
-                .metrics_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
+        dropped
     }
 
     /// Values read at scrape time: the store's queue and drops, the sink's counters, and

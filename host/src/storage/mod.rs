@@ -221,8 +221,12 @@ impl Store {
         let dir = data_dir.join("events");
         let stats = Arc::new(StoreStats::default());
         let sender = if config.local || sink.is_some() {
-            if config.local {
-                std::fs::create_dir_all(&dir)?;
+            // Not fatal (a read-only or full data directory): the writer creates it on the
+            // first append that can, and counts every document it cannot write.
+            if config.local
+                && let Err(err) = std::fs::create_dir_all(&dir)
+            {
+                tracing::error!(dir = %dir.display(), %err, "cannot create the local store's directory; documents are dropped (and counted) until it can be");
             }
             // Unbounded, with the bound kept by `queued`: a bounded std channel allocates
             // (and touches) every slot up front, 3.5 MiB resident for the default capacity.

@@ -25,6 +25,9 @@ mod catalogue;
 // The per-packet cost of the event plugins, decomposed (`kpulse-bench packets`).
 #[path = "../bench_packets.rs"]
 mod packets;
+// An hour under load with an OpenSearch outage, sampled and plotted (`kpulse-bench soak`).
+#[path = "../bench_soak.rs"]
+mod soak;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,6 +72,10 @@ fn main() {
     }
     if want("profile") {
         profile();
+    }
+    // Not part of "all": an hour by default.
+    if args.iter().any(|a| a == "soak") {
+        soak::soak();
     }
     // Not part of "all": four runs per event plugin.
     if args.iter().any(|a| a == "overhead-each") {

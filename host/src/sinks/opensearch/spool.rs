@@ -43,8 +43,6 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("spool {path}: corrupt committed position {text:?}")]
-    Corrupt { path: PathBuf, text: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -64,7 +62,9 @@ pub struct Entry {
 
 struct WriteState {
     segment: u64,
-    file: File,
+    /// `None` while the segment cannot be created (a read-only or full data directory at
+    /// start): every push tries again, and counts the document lost while it fails.
+    file: Option<File>,
     size: u64,
     /// Reused buffer for one line and its newline (one `write` per document).
     line: Vec<u8>,
@@ -102,6 +102,14 @@ impl std::fmt::Debug for Spool {
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.ndjson"))
+}
+
+/// Opens a segment for appending, creating it (and the spool directory) if missing.
+fn open_segment(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Segment numbers present in `dir`, ascending.
@@ -163,20 +171,31 @@ impl Spool {
                 match (parts.next(), parts.next()) {
                     (Some(Ok(segment)), Some(Ok(offset))) => Position { segment, offset },
                     _ => {
-                        return Err(SpoolError::Corrupt {
-                            path: committed_path,
-                            text,
-                        });
+                        // Not fatal: the spool starts over from its oldest segment (the
+                        // cluster's `create` by `_id` makes the re-send idempotent), and the
+                        // bad file is kept aside for a look.
+                        let aside = dir.join("committed.corrupt");
+                        let kept = std::fs::rename(&committed_path, &aside).is_ok();
+                        tracing::error!(
+                            path = %committed_path.display(),
+                            ?text,
+                            kept_as = %if kept { aside.display().to_string() } else { "(not moved)".to_owned() },
+                            "corrupt committed position in the OpenSearch spool; re-sending every spooled document"
+                        );
+                        Position::default()
                     }
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Position::default(),
             Err(err) => return Err(io_err(&committed_path)(err)),
         };
-        // Segments wholly acknowledged but not yet deleted (a crash between the two).
+        // Segments wholly acknowledged but not yet deleted (a crash between the two). On a
+        // read-only disk they stay; the reader starts past them anyway.
         for &seq in segments.iter().filter(|&&s| s < committed.segment) {
             let path = segment_path(dir, seq);
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %err, "cannot delete an acknowledged OpenSearch spool segment");
+            }
         }
         let live: Vec<u64> = segments
             .into_iter()
@@ -212,11 +231,13 @@ impl Spool {
             |last| last + 1,
         );
         let path = segment_path(dir, segment);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = match open_segment(&path) {
+            Ok(file) => Some(file),
+            Err(err) => {
+                tracing::error!(path = %path.display(), %err, "cannot create the OpenSearch spool segment; documents are lost (and counted) until it can be");
+                None
+            }
+        };
         Ok(Self {
             dir: dir.to_owned(),
             max_bytes,
@@ -283,7 +304,18 @@ impl Spool {
         record.clear();
         record.extend_from_slice(line.as_bytes());
         record.push(b'\n');
-        match state.file.write_all(&record) {
+        let written = match &mut state.file {
+            Some(file) => file.write_all(&record),
+            None => match open_segment(&segment_path(&self.dir, state.segment)) {
+                Ok(mut file) => {
+                    let written = file.write_all(&record);
+                    state.file = Some(file);
+                    written
+                }
+                Err(err) => Err(err),
+            },
+        };
+        match written {
             Ok(()) => {
                 state.size += size;
                 state.unsynced = true;
@@ -299,7 +331,11 @@ impl Spool {
                 // A partial write leaves a torn line: cut it off (the reader never reads past
                 // the last complete line of the segment being written), or, when that fails
                 // too, continue in a new segment, where the torn line ends a finished one.
-                if state.file.set_len(state.size).is_err() {
+                if state
+                    .file
+                    .as_ref()
+                    .is_none_or(|file| file.set_len(state.size).is_err())
+                {
                     state.size = self.segment_bytes;
                 }
             }
@@ -320,7 +356,8 @@ impl Spool {
             return;
         };
         if state.unsynced {
-            if let Err(err) = state.file.sync_data()
+            if let Some(file) = &state.file
+                && let Err(err) = file.sync_data()
                 && let Some(suppressed) = FSYNC_FAILED.check()
             {
                 tracing::warn!(segment = state.segment, %err, "cannot fsync the OpenSearch spool{suppressed}");
@@ -333,21 +370,19 @@ impl Spool {
 
     fn roll(&self, state: &mut WriteState) -> Result<(), SpoolError> {
         if state.unsynced {
-            let _ = state.file.sync_data();
+            if let Some(file) = &state.file {
+                let _ = file.sync_data();
+            }
             state.unsynced = false;
         }
         let next = state.segment + 1;
         let path = segment_path(&self.dir, next);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_segment(&path).map_err(io_err(&path))?;
         // Make the new directory entry durable.
         if let Ok(dir) = File::open(&self.dir) {
             let _ = dir.sync_all();
         }
-        state.file = file;
+        state.file = Some(file);
         state.segment = next;
         state.size = 0;
         Ok(())

@@ -142,6 +142,32 @@ fn spool_survives_reopen_and_skips_torn_lines() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A `committed` file with garbage in it (a torn write, a disk error, a hand edit) is not
+/// fatal: it is kept aside as `committed.corrupt` and every spooled document is read again
+/// (re-sending is idempotent on the cluster: `create` by `_id`).
+#[test]
+fn spool_with_a_corrupt_committed_position_starts_over_and_keeps_the_file() {
+    let dir = scratch("spool-corrupt-committed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("committed"), "\u{0}garbage 12x").unwrap();
+    std::fs::write(
+        dir.join(format!("{:020}.ndjson", 1)),
+        "{\"a\":1}\n{\"b\":2}\n",
+    )
+    .unwrap();
+    let spool = Spool::open(&dir, 1 << 20, 1 << 10, FullPolicy::DropNewest).unwrap();
+    assert_eq!(spool.waiting(), 2);
+    let mut cursor = spool.cursor();
+    let entries = spool.read(&mut cursor, 1 << 20).unwrap();
+    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(lines, [r#"{"a":1}"#, r#"{"b":2}"#]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("committed.corrupt")).unwrap(),
+        "\u{0}garbage 12x"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Regression (fuzz/fuzz_targets/spool.rs): a `committed` file naming a position in a
 /// segment that is gone (deleted by hand, lost with the disk) made the fresh segment that
 /// very segment, and documents written before the committed offset were never read.
