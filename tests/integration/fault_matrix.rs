@@ -79,6 +79,15 @@ impl Harness {
     }
 
     fn start(&mut self) {
+        // The harness truncates agent.log on a start: keep every life's log for a look.
+        if let Ok(log) = std::fs::read(self.dir.join("agent.log")) {
+            let mut all = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("agent-lives.log"))
+                .unwrap();
+            std::io::Write::write_all(&mut all, &log).unwrap();
+        }
         let agent = Agent::start_in(self.dir.clone(), &self.config);
         agent.wait_state("docgen", "running", Duration::from_secs(120));
         self.agent = Some(agent);
@@ -260,11 +269,20 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         "cause=\"write_error\"",
     ) - drops0;
     let spool_dropped = h.spool_drops() - spool0;
-    let logged = error_lines(&h.agent().log(), "local store") - errors0;
+    let log = h.agent().log();
+    let logged = error_lines(&log, "local store") - errors0;
     std::fs::remove_file(&filler).unwrap();
     let secs = h.wait_writing("writing to resume after the disk was freed");
     assert!(dropped > 0.0, "no drop counted on a full disk");
-    assert!(logged <= 6, "{logged} error lines in 6 s: not rate-limited");
+    // One line per error kind per 10 s (with the count suppressed), against one per document.
+    assert!(
+        logged <= 10,
+        "{logged} error lines in 6 s: not rate-limited:\n{}",
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("local store"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     h.row(
         "data directory full",
         1,
@@ -579,6 +597,16 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         "plugin=\"escaper\"",
     )
     .unwrap_or(0.0);
+    // The hostile guest's attempts one by one (`kpulse_escaper_attempt{what=...}`).
+    let escapes: Vec<(String, bool)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kpulse_escaper_attempt{"))
+        .filter_map(|l| {
+            let what = l.split_once("what=\"")?.1.rsplit_once("\"}")?.0;
+            let leaked = l.rsplit(' ').next()?.parse::<f64>().ok()? > 0.0;
+            Some((what.to_owned(), leaked))
+        })
+        .collect();
     h.count_spool_drops();
 
     // 9. SIGTERM under load: drains within 10 s and exits cleanly.
@@ -643,6 +671,15 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         missing.len(),
         h.counted_spool_drops,
     );
+    let _ = writeln!(
+        table,
+        "\nThe hostile guest's attempts (WASI and host-call ways out of the sandbox):\n\n\
+         | attempt | outcome |\n|---|---|"
+    );
+    for (what, leaked) in &escapes {
+        let outcome = if *leaked { "**LEAKED**" } else { "refused" };
+        let _ = writeln!(table, "| `{what}` | {outcome} |");
+    }
     println!("\n{table}");
     let artifacts = root().join("target/test-artifacts");
     let _ = std::fs::create_dir_all(&artifacts);
@@ -659,6 +696,8 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
     assert_eq!(local_duplicates, 0, "{table}");
     assert_eq!(remote_duplicates, 0, "{table}");
     assert_eq!(leaked, 0.0, "{table}");
-    assert!(attempts >= 19.0, "the escaper did not run: {table}");
+    assert!(attempts >= 25.0, "the escaper did not run: {table}");
+    assert_eq!(escapes.len() as f64, attempts, "{table}");
+    assert!(escapes.iter().all(|(_, leaked)| !leaked), "{table}");
     assert!(local.len() > 1_000, "{table}");
 }

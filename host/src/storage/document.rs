@@ -73,6 +73,19 @@ pub(super) fn build(
             SaveError::Invalid("tracer_data must be a JSON object".to_owned()),
         ));
     }
+    // One document, one line: NDJSON in the store, the spool and the bulk body. Valid JSON
+    // has raw CR/LF only as whitespace between tokens (inside strings they are escaped), so
+    // they become spaces; embedded as written, `{\n}` split the document and let a guest
+    // start a line of the bulk body of its own (found by fuzz/fuzz_targets/wit_boundary.rs).
+    if data.get().contains(['\n', '\r']) {
+        let one_line =
+            serde_json::value::RawValue::from_string(data.get().replace(['\n', '\r'], " "))
+                .map_err(|err| {
+                    let err = SaveError::Invalid(format!("tracer_data is not JSON: {err}"));
+                    (DropCause::Invalid, err)
+                })?;
+        return encode(request, host, ids, &one_line).map_err(|err| (DropCause::Invalid, err));
+    }
     encode(request, host, ids, data).map_err(|err| (DropCause::Invalid, err))
 }
 

@@ -542,6 +542,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Regression (fuzz/fuzz_targets/wit_boundary.rs): whitespace newlines in a guest's JSON
+    /// were stored as written, splitting the document over two NDJSON lines (and the bulk
+    /// body); the document is one line now, with its data unchanged.
+    #[test]
+    fn a_document_with_newlines_in_its_json_stays_one_line() {
+        let dir = std::env::temp_dir().join(format!("kpulse-store-nl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::start(&StorageConfig::default(), &dir, host()).expect("store");
+        let data = "{\n\"a\":\r\n1,\"b\":\"x\\ny\"\n}";
+        store.save(&request("nl", data, 0)).expect("saved");
+        wait_written(&store, "nl", 1);
+        let text = std::fs::read_to_string(dir.join("events/nl.ndjson")).expect("file");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        let doc: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+        assert_eq!(doc["tracer_data"], serde_json::json!({"a": 1, "b": "x\ny"}));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn corrupt_lines_are_skipped_and_counted_once() {
         let dir = std::env::temp_dir().join(format!("kpulse-store-corrupt-{}", std::process::id()));

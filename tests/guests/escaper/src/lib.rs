@@ -6,6 +6,8 @@ use kpulse_sdk::prelude::*;
 struct Escaper {
     attempts: u32,
     leaked: Vec<String>,
+    /// Every attempt and whether it succeeded, in order (exported one series each).
+    outcomes: Vec<(String, bool)>,
 }
 
 kpulse_sdk::register!(Escaper {
@@ -22,6 +24,7 @@ impl Plugin for Escaper {
         Ok(Escaper {
             attempts: 0,
             leaked: Vec::new(),
+            outcomes: Vec::new(),
         })
     }
 }
@@ -29,6 +32,7 @@ impl Plugin for Escaper {
 impl Escaper {
     fn attempt(&mut self, what: &str, succeeded: bool) {
         self.attempts += 1;
+        self.outcomes.push((what.to_owned(), succeeded));
         if succeeded {
             self.leaked.push(what.to_owned());
         }
@@ -50,6 +54,10 @@ impl Tracing for Escaper {
             "/etc/passwd",
             "/sys/../etc/passwd",
             "/sys/fs/cgroup/../../../etc/passwd",
+            "/proc/self/fd/../../../../etc/passwd",
+            "/proc/thread-self/root/etc/passwd",
+            "/proc/self/status\0/../../../etc/passwd",
+            "/proc//../etc/shadow",
             "relative/path",
         ] {
             let leaked = fs::read(path).is_ok();
@@ -70,6 +78,10 @@ impl Tracing for Escaper {
         self.attempt("wasi arguments", leaked);
         let leaked = std::net::TcpStream::connect("127.0.0.1:19704").is_ok();
         self.attempt("wasi tcp connect", leaked);
+        let leaked = std::net::UdpSocket::bind("0.0.0.0:0").is_ok();
+        self.attempt("wasi udp bind", leaked);
+        let leaked = std::fs::File::create("/tmp/kpulse-escaper").is_ok();
+        self.attempt("wasi create /tmp file", leaked);
         if !self.leaked.is_empty() {
             log::error(&format!("sandbox leaked: {:?}", self.leaked));
         }
@@ -79,17 +91,27 @@ impl Tracing for Escaper {
 
 impl Collector for Escaper {
     fn update(&mut self) -> Result<Vec<Metric>> {
-        Ok(vec![
+        let each = self.outcomes.iter().map(|(what, leaked)| {
             metric::gauge(
-                "attempts",
-                f64::from(self.attempts),
-                "Escape attempts made.",
-            ),
-            metric::gauge(
-                "leaked",
-                self.leaked.len() as f64,
-                "Escape attempts that succeeded.",
-            ),
-        ])
+                "attempt",
+                f64::from(u8::from(*leaked)),
+                "One escape attempt: 1 if it succeeded.",
+            )
+            .label("what", what.replace('\0', "\\0"))
+        });
+        Ok(each
+            .chain([
+                metric::gauge(
+                    "attempts",
+                    f64::from(self.attempts),
+                    "Escape attempts made.",
+                ),
+                metric::gauge(
+                    "leaked",
+                    self.leaked.len() as f64,
+                    "Escape attempts that succeeded.",
+                ),
+            ])
+            .collect())
     }
 }
