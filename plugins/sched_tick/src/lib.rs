@@ -15,9 +15,9 @@
 //!
 //! A vCPU the hypervisor did not run is, from inside, the same window without interrupts.
 //! On a busy vCPU it is reported (HUATUO's kprobe sees it the same way: a task was held
-//! off). On an idle one it is not: a hypervisor lets an idle vCPU sleep past its timer (on
-//! this project's VM dozens of times in 4 s under load), and no task waited in that window.
-//! HUATUO skips idle too (it stops timing at `tick_stop`). So a gap whose closing sample
+//! off). On an idle one it is not: a hypervisor may let an idle vCPU sleep past its timer,
+//! and no task waited in that window. HUATUO skips idle too (it stops timing at
+//! `tick_stop`). So a gap whose closing sample
 //! interrupted the idle task (pid 0) is counted in `idle_gaps` and saved only with
 //! `report_idle = true`. Documents carry the interrupted task (`comm`, `pid`: the one with
 //! interrupts off) and its container where its cgroup belongs to one.
