@@ -60,8 +60,14 @@ set +a
 cargo test --release -p kpulse
 cargo test --release --workspace --exclude kpulse --exclude kpulse-integration-tests
 cargo test --release -p kpulse-integration-tests
+# The fault matrix's figures (tests/integration/fault_matrix.rs writes them; the test output
+# itself is captured when it passes).
+if [ -f target/test-artifacts/fault-matrix.md ]; then
+    echo "== fault matrix"
+    cat target/test-artifacts/fault-matrix.md
+fi
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable): every parser of untrusted bytes, bounded
-# for CI: 20 s per target, 10 targets, so about 3.5 minutes of fuzzing plus about 14 minutes
+# for CI: 20 s per target, 11 targets, so about 4 minutes of fuzzing plus about 14 minutes
 # for the first (instrumented, fuzz/target) build on 2 cores. KPULSE_FUZZ_SECONDS changes
 # the time per target; KPULSE_FUZZ=0 skips it.
 if [ "${KPULSE_FUZZ:-1}" = 1 ]; then
