@@ -28,7 +28,7 @@
  *                       reclaim_end       tracepoint  vmscan/mm_vmscan_direct_reclaim_end
  *                       memcg_rcl_begin   tracepoint  vmscan/mm_vmscan_memcg_reclaim_begin
  *                       memcg_rcl_end     tracepoint  vmscan/mm_vmscan_memcg_reclaim_end
- *     maps: events (RINGBUF 256K), reclaim_start (HASH u32 tid -> struct kp_reclaim_start), stats
+ *     maps: events (RINGBUF 256K), reclaim_start (LRU HASH u32 tid -> struct kp_reclaim_start), stats
  *     (the memcg_* pair is optional: attach it to also see memcg-limit reclaim)
  *  dropwatch.bpf.o      kfree_skb         tracepoint  skb/kfree_skb
  *     maps: events (RINGBUF 256K), drop_reasons (HASH u32 reason -> u64 count),

@@ -44,9 +44,10 @@ struct {
 	__type(value, __u64);
 } memory_free_stall SEC(".maps");
 
-/* Thread id -> start of its direct reclaim. */
+/* Thread id -> start of its direct reclaim.  LRU for the same reason as the
+ * compaction marks below: a start whose end is never seen cannot fill it. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, __u32);
 	__type(value, __u64);

@@ -25,8 +25,10 @@ volatile const __u64 reclaim_threshold_ns = 900000000ULL;
 KP_EVENTS_RINGBUF(256 * 1024);
 KP_STATS_MAP();
 
+/* LRU: a thread killed inside its reclaim never reaches the end hook; its entry
+ * is evicted instead of filling the table over months. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, __u32);                       /* thread id */
 	__type(value, struct kp_reclaim_start);

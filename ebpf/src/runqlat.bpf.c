@@ -36,9 +36,12 @@ struct task_struct___pre514 {
 	long state;
 } __attribute__((preserve_access_index));
 
-/* Enqueue time (bpf_ktime_get_ns) of each runnable thread not yet running. */
+/* Enqueue time (bpf_ktime_get_ns) of each runnable thread not yet running.
+ * LRU: entries whose switch-in was never seen (a thread gone another way, or
+ * junk written from outside) are evicted instead of filling the table, which
+ * would blind the collector for good (the fault matrix fills it on purpose). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);   /* thread id */
 	__type(value, __u64);

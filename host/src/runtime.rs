@@ -263,7 +263,15 @@ impl Runtime {
             }
         }
         let bytes = self.precompile(file, wasm)?;
-        match write_private(&artifact, &bytes) {
+        // The cache directory deleted while the agent runs (a cleaner, an operator's
+        // `rm -rf` of the data directory): made again, private as at start.
+        let written = match write_private(&artifact, &bytes) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                create_private_dir(dir).and_then(|()| write_private(&artifact, &bytes))
+            }
+            written => written,
+        };
+        match written {
             Ok(()) => {
                 // Map the artifact just written, as a cached load does: the code pages are
                 // then the page cache's, not a private anonymous copy per component.

@@ -2,17 +2,21 @@
 //! (50 documents/s), the hostile `escaper` guest and the OpenSearch sink, its data directory
 //! on a tmpfs of its own and the real node behind a [`FaultProxy`]. The faults are injected
 //! one after another under that load; after each, the agent must be alive (a crash is
-//! counted and the agent restarted, so that the rest still runs) and must recover.
+//! counted and the agent restarted, so that the rest still runs) and must recover. Disk,
+//! cluster, corruption, deletion, kill, guest, plugin-directory and runtime faults first,
+//! then the BPF faults one can cause from outside the agent: a ring buffer filled while the
+//! consumer is stopped, a map filled with junk, every link detached with bpftool.
 //!
 //! At the end the test holds the agent to the sum, and prints it as a table (also written
 //! to `target/test-artifacts/fault-matrix.md`):
-//! - every document in the local store is there once, and in the cluster exactly once,
-//!   except those the agent counted as dropped while the disk was full or read-only;
+//! - every document in the local store (including those deleted with the directory) is
+//!   there once, and in the cluster exactly once, except those the agent counted as dropped
+//!   (the disk full or read-only, spool segments deleted before delivery);
 //! - no agent crash; SIGTERM drains within 10 s;
 //! - the escaper guest (which tries every way out of its sandbox the tests know) got
 //!   nothing it was not granted.
 //!
-//! Not in this matrix, each covered by a test of its own: the BPF faults (verifier
+//! Not in this matrix, each covered by a test of its own: the BPF load-time faults (verifier
 //! rejection and attach failure in `bpf.rs` and `events_*`: typed not-supported), the
 //! mapping conflict (`opensearch.rs`, dead-lettered), TLS failures (`opensearch_secure.rs`).
 
@@ -48,7 +52,8 @@ struct Harness {
     dir: PathBuf,
     config: String,
     rows: Vec<Row>,
-    /// Documents the agent counted as dropped on the way to the cluster (spool I/O errors),
+    /// Documents the agent counted as dropped on the way to the cluster (spool I/O errors,
+    /// finished segments deleted from outside),
     /// summed over the agent's lives: the only documents allowed to be missing remotely.
     counted_spool_drops: f64,
 }
@@ -101,12 +106,14 @@ impl Harness {
         // A dead agent answers nothing: what it dropped is then not counted here, and shows
         // as lost in the sum.
         if let Ok(response) = http(agent.addr, "GET", "/metrics", &[]) {
-            self.counted_spool_drops += sample_with(
-                &response.body,
-                "kpulse_opensearch_documents_dropped_total",
-                "reason=\"spool_io\"",
-            )
-            .unwrap_or(0.0);
+            for reason in ["reason=\"spool_io\"", "reason=\"spool_deleted\""] {
+                self.counted_spool_drops += sample_with(
+                    &response.body,
+                    "kpulse_opensearch_documents_dropped_total",
+                    reason,
+                )
+                .unwrap_or(0.0);
+            }
         }
     }
 
@@ -206,6 +213,71 @@ fn newest_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
     files.pop()
 }
 
+/// Writes junk keys (thread ids no thread has: pid_max is at most 2^22) into the BPF hash map
+/// named `name` that `pid` holds, up to `count` or until an insert fails; returns how many
+/// went in. The map is found through the map fds of `pid`, so another agent's is never touched.
+fn fill_bpf_map(pid: u32, name: &str, count: u32) -> u32 {
+    for id in fdinfo_ids(pid, "map_id:") {
+        let Ok(info) = aya::maps::MapInfo::from_id(id) else {
+            continue;
+        };
+        if info.name_as_str() != Some(name) {
+            continue;
+        }
+        let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+        let mut table: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(map).unwrap();
+        let mut written = 0;
+        for n in 0..count {
+            if table.insert(0x4000_0000 + n, 1, 0).is_err() {
+                break;
+            }
+            written += 1;
+        }
+        return written;
+    }
+    panic!("the agent holds no BPF map named {name}");
+}
+
+/// `threads` threads woken together `rounds` times (a condition variable's notify_all):
+/// many runnable at once on two CPUs. Returns the wakeups.
+fn wakeup_burst(threads: u32, rounds: u32) -> u64 {
+    use std::sync::{Arc, Barrier};
+    let barrier = Arc::new(Barrier::new(threads as usize));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    u64::from(threads) * u64::from(rounds)
+}
+
+/// The ids on the `field` lines (`link_id:`, `map_id:`) of `pid`'s `/proc/<pid>/fdinfo`: the
+/// BPF links or maps it holds.
+fn fdinfo_ids(pid: u32, field: &str) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = fds
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 fn append(path: &Path, bytes: &[u8]) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -232,8 +304,15 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
     let socket_link = dir.join("containerd.sock");
     let real_socket = runtimes.var("KPULSE_TEST_CONTAINERD_SOCK");
     std::os::unix::fs::symlink(&real_socket, &socket_link).unwrap();
+    // BPF for every built-in plugin (the default) and the `ringbench` test guest.
+    let bpf_allow: Vec<String> = builtin_plugins()
+        .iter()
+        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
+        .chain(["ringbench".to_owned()])
+        .collect();
     let config = format!(
-        "[plugins.docgen]\nper_tick = 1\ntick_ms = 20\n\n\
+        "[policy]\nbpf_allow = {bpf_allow:?}\n\n\
+         [plugins.docgen]\nper_tick = 1\ntick_ms = 20\n\n\
          [plugins.membomb]\nmemory_mib = 16\n\n\
          [containers]\ncontainerd_sockets = [{socket_link:?}]\ndocker_socket = \"\"\n\n\
          [storage.opensearch]\naddresses = [\"{}\"]\nindex = \"{prefix}\"\n\
@@ -446,6 +525,53 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         started.elapsed().as_secs_f64(),
     );
 
+    // 4b. The data directory's contents deleted while the agent writes (an operator's
+    // `rm -rf`, a temp-file cleaner): the local store and the spool make their directories
+    // again, the spool copies the segment it was writing back from its open file (so what was
+    // not yet delivered still is), and the documents of finished spool segments that went
+    // with the directory are counted (`spool_deleted`).
+    let restored0 = h.metric("kpulse_opensearch_spool_restored");
+    h.wait_drained("the spool to be at its steady level before the deletion");
+    // What the local store held goes with the directory: kept here for the final sum, so
+    // that every document ever stored locally is still held to being in the cluster once.
+    let local_before_deletion = local_ids(&dir);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let secs = h.wait_writing("writing to resume after the data directory was deleted");
+    wait_for(
+        Duration::from_secs(30),
+        "the spool segment being written to be restored",
+        || (h.metric("kpulse_opensearch_spool_restored") > restored0).then_some(()),
+    );
+    let deleted = h.labelled(
+        "kpulse_opensearch_documents_dropped_total",
+        "reason=\"spool_deleted\"",
+    );
+    h.wait_drained("the spool to drain after the data directory was deleted");
+    assert!(
+        data.join("events/docgen.ndjson").exists(),
+        "the local store did not make its file again"
+    );
+    assert!(
+        data.join("opensearch/spool/committed").exists(),
+        "the spool did not write its position again"
+    );
+    h.row(
+        "data directory deleted while running (`rm -rf` of its contents)",
+        1,
+        format!(
+            "both directories made again; the spool segment being written restored from its open file; \
+             {deleted} documents of finished spool segments counted lost with them"
+        ),
+        secs,
+    );
+
     // 5. kill -9 at pseudo-random points of the stream, five times.
     let mut random = Xorshift(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
     let started = Instant::now();
@@ -474,6 +600,11 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
             .wait_state(guest, "quarantined", Duration::from_secs(90));
     }
     let secs = h.wait_writing("docgen to keep saving beside the bad guests");
+    // Their compiles found the cache directory gone (step 4b) and made it again.
+    assert!(
+        newest_file(&data.join("cache"), ".cwasm").is_some(),
+        "the compile cache was not made again after the data directory was deleted"
+    );
     h.row(
         "guests spinning, exhausting memory, panicking",
         3,
@@ -587,6 +718,148 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         secs,
     );
 
+    // 9. BPF faults from outside the agent.
+    // (a) The ring buffer full: `ringbench` takes one record per context switch into a
+    // 4 MiB ring; the agent is stopped (SIGSTOP: a consumer starved of CPU) for 4 s while
+    // threads yield to each other, so the kernel side finds the ring full. The drops must be
+    // counted for that plugin, and the records flow again after SIGCONT.
+    install(&plugins, &guest_wasm("ringbench"));
+    h.agent()
+        .wait_state("ringbench", "running", Duration::from_secs(90));
+    let ring = |h: &Harness| {
+        (
+            sample(&h.agent().metrics(), "kpulse_ringbench_records_total{").unwrap_or(0.0),
+            h.labelled(
+                "kpulse_plugin_bpf_ring_full_drops_total",
+                "plugin=\"ringbench\"",
+            ),
+        )
+    };
+    let (records0, full0) = ring(&h);
+    let pid = h.agent().child.id().to_string();
+    let yielding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let yielders: Vec<_> = (0..4)
+        .map(|_| {
+            let yielding = yielding.clone();
+            std::thread::spawn(move || {
+                while yielding.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    };
+    signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    signal("CONT");
+    yielding.store(false, std::sync::atomic::Ordering::Relaxed);
+    for yielder in yielders {
+        let _ = yielder.join();
+    }
+    let started = Instant::now();
+    let (records1, full1) = wait_for(
+        Duration::from_secs(30),
+        "ringbench's records and ring-full drops to be reported after the stall",
+        || {
+            let (records, full) = ring(&h);
+            (records > records0 && full > full0).then_some((records, full))
+        },
+    );
+    let secs = started
+        .elapsed()
+        .as_secs_f64()
+        .max(h.wait_writing("docgen to save again after the stall"));
+    assert_eq!(
+        h.agent().plugin("ringbench").map(|p| p["state"].clone()),
+        Some("running".into()),
+        "ringbench after the stall"
+    );
+    h.row(
+        "BPF ring buffer full (consumer stopped 4 s under a context-switch flood)",
+        1,
+        format!(
+            "{:.0} records dropped by the kernel side and counted for the plugin; {:.0} delivered around the stall; plugin running",
+            full1 - full0,
+            records1 - records0
+        ),
+        secs,
+    );
+    let _ = std::fs::remove_file(plugins.join("ringbench.wasm"));
+
+    // (c) A BPF map full: `runqlat`'s table of enqueued threads (16384 entries) filled from
+    // outside with junk thread ids, what months of missed switch-ins would leave, then a
+    // burst of wakeups of many threads at once, more than the table had room for. The table
+    // is an LRU hash, so the junk is evicted and the burst's latencies are counted (with a
+    // plain hash every insert of the burst would fail, unseen).
+    let runqlat_counted = |h: &Harness| -> f64 {
+        h.agent()
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("kpulse_runqlat_latency_total{") && l.contains("host="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let started = Instant::now();
+    let junk = fill_bpf_map(h.agent().child.id(), "runq_start", 2 * 16_384);
+    let counted0 = runqlat_counted(&h);
+    let wakeups = wakeup_burst(200, 100);
+    let counted = wait_for(
+        Duration::from_secs(30),
+        "runqlat to count the burst's wakeups with its table filled",
+        || {
+            let counted = runqlat_counted(&h) - counted0;
+            (counted >= wakeups as f64).then_some(counted)
+        },
+    );
+    let secs = started.elapsed().as_secs_f64();
+    assert!(junk >= 16_384, "filled only {junk} entries of runq_start");
+    h.row(
+        "BPF map full (runqlat's 16384-entry table filled with junk from outside, then a wakeup burst)",
+        1,
+        format!(
+            "{junk} junk entries written; {wakeups} wakeups in the burst, {counted:.0} run-queue latencies counted after it (LRU evicts the junk)"
+        ),
+        secs,
+    );
+
+    // (b) Every BPF link the agent holds detached from outside (`bpftool link detach`):
+    // the kernel has no detach for the link types kpulse uses (tracepoint, raw tracepoint,
+    // perf event, tracing), so each is refused, and the plugins run on.
+    let links = fdinfo_ids(h.agent().child.id(), "link_id:");
+    let running_before = running(&h);
+    let detached = links
+        .iter()
+        .filter(|id| {
+            Command::new("bpftool")
+                .args(["link", "detach", "id", &id.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .count();
+    let secs = h.wait_writing("docgen to keep saving after the detach attempts");
+    assert!(!links.is_empty(), "the agent holds no BPF link");
+    assert!(
+        running(&h) >= running_before,
+        "plugins stopped after the detach attempts"
+    );
+    h.row(
+        "BPF links detached from outside (`bpftool link detach`, every link)",
+        links.len() as u64,
+        format!(
+            "{detached} of {} detached (the kernel refuses detach for these link types); {} plugins running",
+            links.len(),
+            running(&h)
+        ),
+        secs,
+    );
+
     // The hostile guest, after everything: nothing leaked.
     let metrics = h.agent().metrics();
     let leaked = sample(&metrics, "kpulse_escaper_leaked{").unwrap_or(-1.0);
@@ -609,7 +882,7 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         .collect();
     h.count_spool_drops();
 
-    // 9. SIGTERM under load: drains within 10 s and exits cleanly.
+    // 10. SIGTERM under load: drains within 10 s and exits cleanly.
     h.wait_drained("the spool to drain before the stop");
     let mut agent = h.agent.take().unwrap();
     let started = Instant::now();
@@ -634,7 +907,9 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
     drop(agent);
 
     // The sum: every local document once, and in the cluster once.
-    let local = local_ids(&dir);
+    let mut local = local_ids(&dir);
+    local.extend(local_before_deletion);
+    local.sort();
     let remote = remote_ids(&format!("{prefix}-*"));
     let local_duplicates = local.windows(2).filter(|w| w[0] == w[1]).count();
     let remote_duplicates = remote.windows(2).filter(|w| w[0] == w[1]).count();
@@ -661,8 +936,8 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         "\n| faults injected | agent crashes | documents lost | duplicated | out-of-grant reads allowed |\n\
          |---|---|---|---|---|\n\
          | {injected} ({} kinds) | {crashes} | {lost} | {} | {leaked} |\n\n\
-         {} documents in the local store, {} in the cluster; {} missing remotely, all within \
-         the {} the agent counted as dropped (spool I/O on the full and read-only disk). \
+         {} documents in the local store (with those deleted in step 4b), {} in the cluster; {} missing remotely, all within \
+         the {} the agent counted as dropped (spool I/O on the full and read-only disk, finished segments deleted in step 4b). \
          The escaper made {attempts} attempts; {denied} reads denied.\n",
         h.rows.len(),
         local_duplicates + remote_duplicates,

@@ -5,7 +5,7 @@
 //! 30 s (containerd from `scripts/containers.sh start`); OpenSearch behind a [`FaultProxy`]
 //! that refuses every connection for 5 minutes in the middle of the run (a sixth of a shorter one).
 //!
-//! Every 10 s: RSS, open fds, threads, BPF objects the agent holds, the spool. Written to
+//! Every 10 s: RSS (anonymous and file-backed apart), open fds, threads, BPF objects the agent holds, the spool. Written to
 //! `target/bench/soak.csv` and plotted in `target/bench/soak.svg`. Printed: the least-squares
 //! slope of each after the warm-up (the first tenth), against the noise (the residuals'
 //! standard deviation); scrape failures outside the outage; documents delivered once
@@ -33,6 +33,10 @@ type Series = (&'static str, fn(&Sample) -> f64, &'static str);
 struct Sample {
     minute: f64,
     rss_mib: f64,
+    /// Anonymous memory (heap, stacks, wasm linear memories): where a leak would show.
+    rss_anon_mib: f64,
+    /// File-backed pages (the binary, compiled plugin images paged back in as code runs).
+    rss_file_mib: f64,
     fds: f64,
     threads: f64,
     bpf_objects: f64,
@@ -53,11 +57,15 @@ fn bpf_fds(pid: u32) -> f64 {
         .count() as f64
 }
 
-fn rss_mib(pid: u32) -> f64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`) in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0)
@@ -212,7 +220,9 @@ pub fn soak() {
             .unwrap_or_default();
         samples.push(Sample {
             minute: now.as_secs_f64() / 60.0,
-            rss_mib: rss_mib(pid),
+            rss_mib: status_mib(pid, "VmRSS"),
+            rss_anon_mib: status_mib(pid, "RssAnon"),
+            rss_file_mib: status_mib(pid, "RssFile"),
             fds: count_dir(&format!("/proc/{pid}/fd")),
             threads: count_dir(&format!("/proc/{pid}/task")),
             bpf_objects: bpf_fds(pid),
@@ -243,17 +253,27 @@ pub fn soak() {
 
     let out_dir = root().join("target/bench");
     let _ = std::fs::create_dir_all(&out_dir);
-    let mut csv = String::from("minute,rss_mib,fds,threads,bpf_objects,spooled\n");
+    let mut csv =
+        String::from("minute,rss_mib,rss_anon_mib,rss_file_mib,fds,threads,bpf_objects,spooled\n");
     for s in &samples {
         let _ = writeln!(
             csv,
-            "{:.2},{:.1},{},{},{},{}",
-            s.minute, s.rss_mib, s.fds, s.threads, s.bpf_objects, s.spooled
+            "{:.2},{:.1},{:.1},{:.1},{},{},{},{}",
+            s.minute,
+            s.rss_mib,
+            s.rss_anon_mib,
+            s.rss_file_mib,
+            s.fds,
+            s.threads,
+            s.bpf_objects,
+            s.spooled
         );
     }
     let _ = std::fs::write(out_dir.join("soak.csv"), csv);
-    let series: [Series; 5] = [
+    let series: [Series; 7] = [
         ("RSS (MiB)", |s| s.rss_mib, "#1f77b4"),
+        ("RSS anonymous (MiB)", |s| s.rss_anon_mib, "#17becf"),
+        ("RSS file-backed (MiB)", |s| s.rss_file_mib, "#8c564b"),
         ("open fds", |s| s.fds, "#ff7f0e"),
         ("threads", |s| s.threads, "#2ca02c"),
         ("BPF objects (fds)", |s| s.bpf_objects, "#d62728"),
@@ -274,7 +294,7 @@ pub fn soak() {
     println!(
         "| series | after warm-up: first | last | min | max | slope per hour | noise (σ of residuals) |\n|---|---|---|---|---|---|---|"
     );
-    for (name, get, _) in &series[..4] {
+    for (name, get, _) in &series[..6] {
         let points: Vec<(f64, f64)> = warm.iter().map(|s| (s.minute, get(s))).collect();
         let (slope, noise) = trend(&points);
         let values = points.iter().map(|p| p.1);

@@ -35,7 +35,7 @@ pub(super) fn samples(stats: &Stats, spool: &Spool) -> Vec<SinkMetric> {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let dropped = |reason: &str, value: u64| SinkMetric {
         name: "opensearch_documents_dropped",
-        help: "Documents the OpenSearch sink lost, by reason (spool_full, spool_evicted, spool_io).",
+        help: "Documents the OpenSearch sink lost, by reason (spool_full, spool_evicted, spool_io, spool_deleted: finished segments deleted from outside).",
         kind: SinkMetricKind::Counter,
         labels: vec![("reason".to_owned(), reason.to_owned())],
         value: value as f64,
@@ -64,6 +64,12 @@ pub(super) fn samples(stats: &Stats, spool: &Spool) -> Vec<SinkMetric> {
         dropped("spool_full", load(&spool.dropped_full)),
         dropped("spool_evicted", load(&spool.dropped_evicted)),
         dropped("spool_io", load(&spool.dropped_io)),
+        dropped("spool_deleted", load(&spool.dropped_deleted)),
+        counter(
+            "opensearch_spool_restored",
+            "Times the spool segment being written was found deleted from outside and copied back from its open file.",
+            load(&spool.restored),
+        ),
         metric(
             SinkMetricKind::Gauge,
             "opensearch_spooled",

@@ -12,9 +12,18 @@
 //!
 //! A process restart always opens a fresh segment, so a line torn by a crash stays at the
 //! end of a finished segment, where the reader skips it.
+//!
+//! The directory deleted under the running agent (an operator, a temp-file cleaner): the
+//! writer's appends would go on into an unlinked file no reader can open, silently. Every
+//! [`Spool::flush`] (each write batch) checks with one `fstat` and a `stat` that the segment
+//! being written is still the file its path names; when not, the directory is made again,
+//! the segment copied back from the open descriptor (nothing in it is lost), the committed
+//! position written again, and the documents of finished segments that went with the
+//! directory counted as dropped (`spool_deleted`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +35,7 @@ use crate::logging::{REPEAT_INTERVAL, RateLimit, RateLimitBy};
 static APPEND_FAILED: RateLimitBy<std::io::ErrorKind> = RateLimitBy::new(REPEAT_INTERVAL);
 static ROLL_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
 static FSYNC_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
+static RESTORE_FAILED: RateLimit = RateLimit::new(REPEAT_INTERVAL);
 
 /// A position in the spool: segment and byte offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -91,6 +101,10 @@ pub struct Spool {
     pub dropped_evicted: AtomicU64,
     /// Write or fsync failures (documents lost).
     pub dropped_io: AtomicU64,
+    /// Documents of finished segments deleted from outside before the cluster had them.
+    pub dropped_deleted: AtomicU64,
+    /// Times the segment being written was found deleted and restored.
+    pub restored: AtomicU64,
     notify: tokio::sync::Notify,
 }
 
@@ -104,12 +118,51 @@ fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.ndjson"))
 }
 
-/// Opens a segment for appending, creating it (and the spool directory) if missing.
+/// Opens a segment for appending, creating it (and the spool directory) if missing. Readable
+/// too, so that a segment deleted from outside can be copied back from its descriptor.
 fn open_segment(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+}
+
+/// `file` is still what `path` names (not unlinked, not moved away).
+fn still_linked(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        // An fstat that fails says nothing about the path: leave the file alone.
+        (Err(_), _) => true,
+        (Ok(_), Err(_)) => false,
+    }
+}
+
+/// Copies the whole of `from` (an open, possibly unlinked, segment) into a new file at `path`.
+fn copy_back(from: &File, path: &Path) -> std::io::Result<File> {
+    let mut to = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    loop {
+        let n = from.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    to.sync_data()?;
+    drop(to);
+    // Appending from here on, like every segment being written.
+    OpenOptions::new().read(true).append(true).open(path)
 }
 
 /// Segment numbers present in `dir`, ascending.
@@ -256,6 +309,8 @@ impl Spool {
             dropped_full: AtomicU64::new(0),
             dropped_evicted: AtomicU64::new(0),
             dropped_io: AtomicU64::new(0),
+            dropped_deleted: AtomicU64::new(0),
+            restored: AtomicU64::new(0),
             notify: tokio::sync::Notify::new(),
         })
     }
@@ -356,6 +411,7 @@ impl Spool {
             return;
         };
         if state.unsynced {
+            self.restore_if_deleted(&mut state);
             if let Some(file) = &state.file
                 && let Err(err) = file.sync_data()
                 && let Some(suppressed) = FSYNC_FAILED.check()
@@ -368,7 +424,69 @@ impl Spool {
         self.notify.notify_one();
     }
 
+    /// The segment being written was deleted or moved from outside: make the directory
+    /// again, copy the segment back from its descriptor, write the committed position again
+    /// and count the documents of finished segments that are gone.
+    fn restore_if_deleted(&self, state: &mut WriteState) {
+        let path = segment_path(&self.dir, state.segment);
+        let Some(file) = &state.file else {
+            return;
+        };
+        if still_linked(file, &path) {
+            return;
+        }
+        let restored = std::fs::create_dir_all(&self.dir).and_then(|()| copy_back(file, &path));
+        let file = match restored {
+            Ok(file) => file,
+            Err(err) => {
+                if let Some(suppressed) = RESTORE_FAILED.check() {
+                    tracing::error!(path = %path.display(), %err, "the OpenSearch spool segment was deleted and cannot be restored; writing on into the deleted file{suppressed}");
+                }
+                return;
+            }
+        };
+        state.file = Some(file);
+        self.restored.fetch_add(1, Ordering::Relaxed);
+        let committed = self.committed();
+        if let Err(err) = self.persist(committed) {
+            tracing::error!(%err, "cannot record the OpenSearch spool position again");
+        }
+        // What is left past the committed position: the restored segment and any finished
+        // segment still there. The rest went with the directory.
+        let (mut docs, mut bytes) = (0, 0);
+        for seq in committed.segment..=state.segment {
+            let offset = if seq == committed.segment {
+                committed.offset
+            } else {
+                0
+            };
+            if let Ok((d, b)) = count_lines(&segment_path(&self.dir, seq), offset) {
+                docs += d;
+                bytes += b;
+            }
+        }
+        let lost = self
+            .waiting_docs
+            .load(Ordering::Relaxed)
+            .saturating_sub(docs);
+        sub(&self.waiting_docs, lost);
+        let lost_bytes = self
+            .waiting_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(bytes);
+        sub(&self.waiting_bytes, lost_bytes);
+        self.dropped_deleted.fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            dir = %self.dir.display(),
+            segment = state.segment,
+            restored_documents = docs,
+            lost_documents = lost,
+            "the OpenSearch spool was deleted while the agent ran: made it again and restored the segment being written from its open file"
+        );
+    }
+
     fn roll(&self, state: &mut WriteState) -> Result<(), SpoolError> {
+        self.restore_if_deleted(state);
         if state.unsynced {
             if let Some(file) = &state.file {
                 let _ = file.sync_data();

@@ -196,6 +196,50 @@ fn spool_past_a_vanished_committed_segment_reads_new_documents() {
 }
 
 #[test]
+fn spool_deleted_while_running_restores_the_segment_being_written() {
+    let dir = scratch("spool-deleted");
+    // Small segments: the first documents fill finished segments, the last stay in the one
+    // being written.
+    let spool = Spool::open(&dir, 1 << 20, 64, FullPolicy::DropNewest).unwrap();
+    for n in 0..10 {
+        spool.push(&format!(r#"{{"n":{n:03}}}"#));
+    }
+    spool.flush();
+    let before = spool.waiting();
+    assert_eq!(before, 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Written after the deletion, into the unlinked file, until the next flush notices.
+    spool.push(r#"{"n":100}"#);
+    spool.flush();
+    assert_eq!(spool.restored.load(Ordering::Relaxed), 1);
+    assert!(
+        dir.join("committed").exists(),
+        "the position is written again"
+    );
+    let mut cursor = spool.cursor();
+    let entries = spool.read(&mut cursor, 1 << 20).unwrap();
+    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
+    assert_eq!(lines.last(), Some(&r#"{"n":100}"#), "{lines:?}");
+    let lost = spool.dropped_deleted.load(Ordering::Relaxed);
+    assert!(
+        lost > 0,
+        "the finished segments' documents are counted lost"
+    );
+    assert_eq!(
+        lost + entries.len() as u64,
+        11,
+        "every document either restored or counted: {lines:?}"
+    );
+    assert_eq!(spool.waiting(), entries.len() as u64);
+    // Writing goes on where it can be read.
+    spool.push(r#"{"n":101}"#);
+    spool.flush();
+    let more = spool.read(&mut cursor, 1 << 20).unwrap();
+    assert_eq!(more.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn spool_full_policies() {
     let dir = scratch("full-newest");
     let spool = Spool::open(&dir, 100, 50, FullPolicy::DropNewest).unwrap();
