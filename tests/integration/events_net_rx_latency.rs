@@ -344,3 +344,55 @@ fn hooks_attach_only_while_a_container_has_its_own_netns() {
     );
     assert_eq!(agent.plugin("net_rx_latency").unwrap()["state"], "running");
 }
+
+/// The duty cycle: with `sample_seconds = 2` of every `sample_period_seconds = 4` the
+/// per-packet hooks come and go (seen in the agent's BPF programs, not only on its gauge),
+/// `sampled_fraction` is 0.5, and `attached_seconds_total` grows at about half the wall
+/// clock. Not gated on containers here, so no container is needed.
+#[test]
+fn duty_cycle_attaches_the_hooks_part_of_the_time() {
+    let config = "[plugins.net_rx_latency]\nattach_only_with_containers = false\n\
+                  sample_seconds = 2\nsample_period_seconds = 4\n";
+    let agent = Agent::start(
+        "net_rx_latency_duty",
+        &[plugin_wasm("net_rx_latency")],
+        config,
+    );
+    agent.wait_state("net_rx_latency", "running", Duration::from_secs(20));
+    let pid = agent.child.id();
+    // Both phases seen in the kernel's list of the agent's programs within two periods each.
+    for (want, what) in [
+        (true, "attached"),
+        (false, "detached"),
+        (true, "attached again"),
+    ] {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("the hooks {what}"),
+            || (holds_rx_programs(pid) == want).then_some(()),
+        );
+    }
+    let metrics = agent.metrics();
+    assert_eq!(
+        sample(&metrics, "kpulse_net_rx_latency_sampled_fraction"),
+        Some(0.5),
+        "{metrics}"
+    );
+    let attaches = sample(&metrics, "kpulse_net_rx_latency_attaches_total").unwrap_or(0.0);
+    assert!(attaches >= 2.0, "attaches {attaches}");
+    let seconds = |agent: &Agent| {
+        sample(
+            &agent.metrics(),
+            "kpulse_net_rx_latency_attached_seconds_total",
+        )
+        .unwrap_or(0.0)
+    };
+    let (wall, before) = (std::time::Instant::now(), seconds(&agent));
+    std::thread::sleep(Duration::from_secs(8));
+    let share = (seconds(&agent) - before) / wall.elapsed().as_secs_f64();
+    assert!(
+        (0.25..=0.75).contains(&share),
+        "attached {share:.2} of the time with a 2 s / 4 s duty cycle"
+    );
+    assert_eq!(agent.plugin("net_rx_latency").unwrap()["state"], "running");
+}

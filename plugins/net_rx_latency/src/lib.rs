@@ -24,7 +24,10 @@
 //! clock read. With the host network namespace excluded (the default) there is nothing to
 //! report until a container with its own network namespace runs, so the plugin attaches
 //! nothing (and timestamps stay off) while none does; it looks again every
-//! `container_check_seconds`.
+//! `container_check_seconds`. While one does, `sample_seconds` out of every
+//! `sample_period_seconds` duty-cycles the hooks (off by default: HUATUO watches all the
+//! time); the `sampled_fraction` gauge then says which share of the time was watched, so
+//! counts can be scaled and a missing event is read as "not sampled", not "none".
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -80,6 +83,29 @@ struct Settings {
     attach_only_with_containers: bool,
     /// How often to look for such containers, seconds.
     container_check_seconds: u64,
+    /// Duty cycle while the hooks are wanted: attached for this many seconds of every
+    /// `sample_period_seconds` (0 = all the time, HUATUO's behaviour).
+    sample_seconds: u64,
+    /// The duty cycle's period, seconds (larger than `sample_seconds`).
+    sample_period_seconds: u64,
+}
+
+impl Settings {
+    /// The duty cycle, `(on, period)` in seconds, when one is set.
+    fn duty_cycle(&self) -> Result<Option<(u64, u64)>> {
+        match (self.sample_seconds, self.sample_period_seconds) {
+            (0, _) => Ok(None),
+            (on, period) if period > on => Ok(Some((on, period))),
+            (on, period) => Err(Error::InvalidConfig(format!(
+                "sample_seconds ({on}) must be less than sample_period_seconds ({period})"
+            ))),
+        }
+    }
+}
+
+/// Whether monotonic time `now_ns` falls in the attached part of an `(on, period)` cycle.
+fn in_sample_window(now_ns: u64, (on, period): (u64, u64)) -> bool {
+    (now_ns / 1_000_000_000) % period < on
 }
 
 impl Default for Settings {
@@ -93,6 +119,8 @@ impl Default for Settings {
             max_events_per_second: 0,
             attach_only_with_containers: true,
             container_check_seconds: 5,
+            sample_seconds: 0,
+            sample_period_seconds: 60,
         }
     }
 }
@@ -112,6 +140,11 @@ struct NetRxLatency {
     clock_timer: Option<TimerId>,
     /// Times the hooks were attached.
     attaches: u64,
+    /// Monotonic ns since which the hooks are attached, and the attached time before that.
+    attached_since: Option<u64>,
+    attached_ns: u64,
+    /// Whether a container with its own network namespace was seen at the last look.
+    containers_seen: bool,
 }
 
 #[derive(Serialize)]
@@ -166,6 +199,9 @@ impl Plugin for NetRxLatency {
             containers: containers::Tracker::new(),
             clock_timer: None,
             attaches: 0,
+            attached_since: None,
+            attached_ns: 0,
+            containers_seen: false,
         })
     }
 }
@@ -173,10 +209,12 @@ impl Plugin for NetRxLatency {
 impl Tracing for NetRxLatency {
     fn start(&mut self, ctx: &mut Context) -> Result<()> {
         self.clock_timer = Some(ctx.every(CLOCK_CHECK)?);
+        let duty_cycle = self.settings.duty_cycle()?;
         if self.settings.exclude_host_netns {
             self.excluded_netns = host_netns_inum()?;
         }
-        if !(self.settings.exclude_host_netns && self.settings.attach_only_with_containers) {
+        let gated = self.settings.exclude_host_netns && self.settings.attach_only_with_containers;
+        if !gated && duty_cycle.is_none() {
             return self.load();
         }
         if self.settings.container_check_seconds == 0 {
@@ -184,7 +222,14 @@ impl Tracing for NetRxLatency {
                 "container_check_seconds must be at least 1".to_owned(),
             ));
         }
-        ctx.every(Duration::from_secs(self.settings.container_check_seconds))?;
+        // A duty cycle is followed to the second of its shortest phase.
+        let check = duty_cycle.map_or(self.settings.container_check_seconds, |(on, period)| {
+            self.settings
+                .container_check_seconds
+                .min(on)
+                .min(period - on)
+        });
+        ctx.every(Duration::from_secs(check.max(1)))?;
         self.follow_containers()
     }
 
@@ -237,36 +282,64 @@ impl Tracing for NetRxLatency {
 }
 
 impl NetRxLatency {
-    /// Attaches while some running container has a network namespace of its own, detaches
-    /// when the last one is gone.
+    /// Attaches while some running container has a network namespace of its own (or
+    /// always, when not gated on containers), inside the duty cycle's window when one is
+    /// set; detaches otherwise.
     fn follow_containers(&mut self) -> Result<()> {
-        if let Err(err) = self.containers.refresh() {
+        let gated = self.settings.exclude_host_netns && self.settings.attach_only_with_containers;
+        let wanted = if !gated {
+            true
+        } else if let Err(err) = self.containers.refresh() {
             // No registry (capability refused, runtime gone): keep HUATUO's behaviour.
-            log::warn(&format!(
-                "{err}; watching every network namespace but the host's"
-            ));
-            if self.object.is_none() {
-                self.load()?;
+            if self.object.is_none() && self.attaches == 0 {
+                log::warn(&format!(
+                    "{err}; watching every network namespace but the host's"
+                ));
             }
-            return Ok(());
-        }
-        let excluded = self.excluded_netns;
-        let own_netns = self
-            .containers
-            .containers()
-            .any(|c| !c.host_network && c.netns_inum != 0 && c.netns_inum != excluded);
-        match (own_netns, self.object.is_some()) {
-            (true, false) => {
-                self.load()?;
-                log::info("a container has its own network namespace: hooks attached");
+            true
+        } else {
+            let excluded = self.excluded_netns;
+            let own_netns = self
+                .containers
+                .containers()
+                .any(|c| !c.host_network && c.netns_inum != 0 && c.netns_inum != excluded);
+            if own_netns != self.containers_seen {
+                log::info(if own_netns {
+                    "a container has its own network namespace: hooks wanted"
+                } else {
+                    "no container network namespace left: hooks detached"
+                });
+                self.containers_seen = own_netns;
             }
-            (false, true) => {
-                self.object = None;
-                log::info("no container network namespace left: hooks detached");
-            }
+            own_netns
+        };
+        let in_window = self
+            .settings
+            .duty_cycle()?
+            .is_none_or(|cycle| in_sample_window(clock::monotonic_ns(), cycle));
+        match (wanted && in_window, self.object.is_some()) {
+            (true, false) => self.load()?,
+            (false, true) => self.detach(),
             _ => {}
         }
         Ok(())
+    }
+
+    /// Drops the BPF object (its hooks and the timestamp socket go with it), counting the
+    /// time it was attached.
+    fn detach(&mut self) {
+        self.object = None;
+        if let Some(since) = self.attached_since.take() {
+            self.attached_ns += clock::monotonic_ns().saturating_sub(since);
+        }
+    }
+
+    /// Seconds the hooks were attached, the current stretch included.
+    fn attached_seconds(&self) -> f64 {
+        let current = self
+            .attached_since
+            .map_or(0, |since| clock::monotonic_ns().saturating_sub(since));
+        (self.attached_ns + current) as f64 / 1e9
     }
 
     fn load(&mut self) -> Result<()> {
@@ -300,6 +373,9 @@ impl NetRxLatency {
         object.subscribe("events")?;
         self.object = Some(object);
         self.attaches += 1;
+        if self.attached_since.is_none() {
+            self.attached_since = Some(clock::monotonic_ns());
+        }
         Ok(())
     }
 }
@@ -427,6 +503,23 @@ impl Collector for NetRxLatency {
             self.attaches as f64,
             "Times the receive hooks were attached.",
         ));
+        metrics.push(metric::counter(
+            "attached_seconds",
+            self.attached_seconds(),
+            "Seconds the receive hooks were attached.",
+        ));
+        let fraction = self
+            .settings
+            .duty_cycle()
+            .ok()
+            .flatten()
+            .map_or(1.0, |(on, period)| on as f64 / period as f64);
+        metrics.push(metric::gauge(
+            "sampled_fraction",
+            fraction,
+            "Share of the time the hooks watch while wanted: 1, or sample_seconds / \
+             sample_period_seconds when duty-cycled (events and counts are then a sample).",
+        ));
         if let Some(object) = &self.object {
             metrics.push(metric::counter(
                 "lost",
@@ -441,6 +534,25 @@ impl Collector for NetRxLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duty_cycle_windows_and_validation() {
+        let settings = |on, period| Settings {
+            sample_seconds: on,
+            sample_period_seconds: period,
+            ..Settings::default()
+        };
+        assert_eq!(settings(0, 60).duty_cycle().unwrap(), None);
+        assert_eq!(settings(10, 60).duty_cycle().unwrap(), Some((10, 60)));
+        assert!(settings(60, 60).duty_cycle().is_err());
+        assert!(settings(5, 0).duty_cycle().is_err());
+        let s = 1_000_000_000;
+        assert!(in_sample_window(0, (10, 60)));
+        assert!(in_sample_window(9 * s + s / 2, (10, 60)));
+        assert!(!in_sample_window(10 * s, (10, 60)));
+        assert!(!in_sample_window(59 * s, (10, 60)));
+        assert!(in_sample_window(60 * s, (10, 60)));
+    }
 
     #[test]
     fn netns_link() {
