@@ -102,6 +102,11 @@ def macros(src):
 base_c, full_c = write("base.c", BASE), write("full.c", FULL)
 with open(HEADER) as f:
     header_text = f.read()
+# clang's AST offsets count bytes, this text characters: one non-ASCII character (a "µ" in
+# a comment) shifts every comment after it off its declaration, silently.
+for number, text in enumerate(header_text.split("\n"), 1):
+    if not text.isascii():
+        sys.exit(f"{HEADER}:{number}: non-ASCII character; keep the header ASCII: {text.strip()}")
 
 # ---- what the header declares (names, order, comment positions) -------------------------
 base_ast, full_ast = ast(base_c), ast(full_c)

@@ -460,7 +460,7 @@ enum kp_event_kind_net_hw {
 	KP_EV_RAS_ARM           = 39,
 };
 
-/* ---- tcp_retransmit.bpf.o : KP_EV_TCP_RETRANSMIT (136 bytes) ------------- */
+/* ---- tcp_retransmit.bpf.o : KP_EV_TCP_RETRANSMIT (152 bytes) ------------- */
 enum kp_tcp_retrans_source {
 	KP_TCP_RETRANS_SKB    = 1, /* tcp/tcp_retransmit_skb (data, SYN, FIN) */
 	KP_TCP_RETRANS_SYNACK = 2, /* tcp/tcp_retransmit_synack (listener side) */
@@ -494,6 +494,11 @@ struct kp_tcp_retransmit_event {
 	__u8  icsk_pending;         /* 103: icsk_pending timer: 1 RTO, 3 probe0, 5 TLP, ... */
 	__u8  saddr[16];            /* 104: local address, network order (IPv4: 4 bytes) */
 	__u8  daddr[16];            /* 120: remote address, network order (IPv4: 4 bytes) */
+	__u64 drop_location;        /* 136: kfree_skb location of this IPv4 flow's last
+	                             *      drop (either direction) within drop_window_ns
+	                             *      before the retransmit, 0 = none seen */
+	__u32 drop_reason;          /* 144: its enum skb_drop_reason (0: kernel has none) */
+	__u32 drop_age_us;          /* 148: how long before the retransmit, microseconds */
 };
 
 /* ---- netdev_txqueue_timeout.bpf.o : KP_EV_TXQUEUE_TIMEOUT (112 bytes) ---- */
@@ -618,7 +623,8 @@ struct kp_ras_arm_event {
 	__u32 _pad1;                /*  92: zero */
 };
 
-KP_ASSERT_SIZE(kp_tcp_retransmit_event, 136);
+KP_ASSERT_SIZE(kp_tcp_retransmit_event, 152);
+KP_ASSERT_OFF(kp_tcp_retransmit_event, drop_location, 136);
 KP_ASSERT_OFF(kp_tcp_retransmit_event, sport, 92);
 KP_ASSERT_OFF(kp_tcp_retransmit_event, saddr, 104);
 KP_ASSERT_SIZE(kp_txqueue_timeout_event, 112);

@@ -13,6 +13,14 @@
  * is read from the socket with CO-RE, so the record does not depend on the
  * tracepoint's layout, which changed across kernels.  The plugin classifies
  * the reason (RTO, fast retransmit, TLP) from ca_state and the state.
+ *
+ * drop_location (HUATUO correlates with dropwatch's events of the last 2 s):
+ * `retrans_drop` on skb/kfree_skb remembers, per IPv4 TCP flow as the dropped
+ * segment's headers name it, where and why it was last dropped (an LRU table,
+ * so a drop flood only evicts old flows).  A retransmit looks its flow up in
+ * both directions (its own segment dropped, or the peer's ACK) and carries a
+ * drop younger than drop_window_ns.  The hook runs on drops only, not on every
+ * packet; the plugin attaches it only with correlation on.
  */
 #include "kpulse_common.h"
 
@@ -20,6 +28,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 volatile const __u64 max_events_per_second = 100;
 volatile const __u32 ratelimit_nr_cpus = 1;
+/* A drop of the flow at most this long before a retransmit is reported with it; 0 = off. */
+volatile const __u64 drop_window_ns = 2000000000ULL;
 
 KP_EVENTS_RINGBUF(256 * 1024);
 KP_STATS_MAP();
@@ -35,6 +45,30 @@ struct {
 
 #define KP_AF_INET  2
 #define KP_AF_INET6 10
+#define KP_ETH_P_IP 0x0800
+#define KP_IPPROTO_TCP 6
+
+/* An IPv4 TCP flow as a segment's headers name it, network order. */
+struct kp_flow4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+struct kp_recent_drop {
+	__u64 ts_ns;
+	__u64 location;
+	__u32 reason;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct kp_flow4);
+	__type(value, struct kp_recent_drop);
+} recent_drops SEC(".maps");
 
 /* The leading fields of both tracepoints, stable since they were added. */
 struct kp_tcp_retransmit_skb_ctx {
@@ -130,6 +164,80 @@ static __always_inline void fill_from_sk(struct kp_tcp_retransmit_event *e, stru
 	fill_addrs(e, (struct sock_common *)sk);
 }
 
+/* The flow's drop within drop_window_ns, in either direction, into the record. */
+static __always_inline void fill_drop(struct kp_tcp_retransmit_event *e)
+{
+	struct kp_recent_drop *drop;
+	struct kp_flow4 key = {}, back = {};
+	__u64 now, age;
+
+	if (!drop_window_ns || e->family != KP_AF_INET)
+		return;
+	__builtin_memcpy(&key.saddr, e->saddr, sizeof(key.saddr));
+	__builtin_memcpy(&key.daddr, e->daddr, sizeof(key.daddr));
+	key.sport = bpf_htons(e->sport);
+	key.dport = bpf_htons(e->dport);
+	drop = bpf_map_lookup_elem(&recent_drops, &key);
+	if (!drop) {
+		/* The peer's segment of this flow (a lost handshake ACK makes the
+		 * listener resend its SYN-ACK). */
+		back.saddr = key.daddr;
+		back.daddr = key.saddr;
+		back.sport = key.dport;
+		back.dport = key.sport;
+		drop = bpf_map_lookup_elem(&recent_drops, &back);
+		if (!drop)
+			return;
+	}
+	now = bpf_ktime_get_ns();
+	age = now > drop->ts_ns ? now - drop->ts_ns : 0;
+	if (age > drop_window_ns)
+		return;
+	e->drop_location = drop->location;
+	e->drop_reason = drop->reason;
+	e->drop_age_us = (__u32)(age / 1000);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int retrans_drop(struct trace_event_raw_kfree_skb *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx->skbaddr;
+	struct kp_recent_drop drop = {};
+	struct kp_flow4 key = {};
+	unsigned char *head;
+	__u16 nh, th;
+	__u8 version_ihl, proto;
+	__be16 ports[2];
+
+	if (!skb || ctx->protocol != KP_ETH_P_IP) /* protocol: ntohs()'d by the tracepoint */
+		return 0;
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+	if (!head || nh == (__u16)~0U)
+		return 0;
+	if (bpf_probe_read_kernel(&version_ihl, 1, head + nh) ||
+	    bpf_probe_read_kernel(&proto, 1, head + nh + 9))
+		return 0;
+	if ((version_ihl >> 4) != 4 || proto != KP_IPPROTO_TCP)
+		return 0;
+	/* Not set yet on some receive paths: right after the IP header. */
+	if (th == (__u16)~0U || th <= nh)
+		th = nh + (version_ihl & 0xf) * 4;
+	if (bpf_probe_read_kernel(&key.saddr, sizeof(key.saddr), head + nh + 12) ||
+	    bpf_probe_read_kernel(&key.daddr, sizeof(key.daddr), head + nh + 16) ||
+	    bpf_probe_read_kernel(ports, sizeof(ports), head + th))
+		return 0;
+	key.sport = ports[0];
+	key.dport = ports[1];
+	drop.ts_ns = bpf_ktime_get_ns();
+	drop.location = (__u64)(unsigned long)ctx->location;
+	if (bpf_core_field_exists(ctx->reason))
+		drop.reason = (__u32)ctx->reason;
+	bpf_map_update_elem(&recent_drops, &key, &drop, BPF_ANY);
+	return 0;
+}
+
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int retrans_skb(struct kp_tcp_retransmit_skb_ctx *ctx)
 {
@@ -157,6 +265,7 @@ int retrans_skb(struct kp_tcp_retransmit_skb_ctx *ctx)
 	e->ack_seq = BPF_CORE_READ((struct tcp_sock *)sk, rcv_nxt);
 	if (bpf_core_field_exists(raw->err))
 		e->err = raw->err;
+	fill_drop(e);
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;
@@ -184,6 +293,7 @@ int retrans_synack(struct kp_tcp_retransmit_synack_ctx *ctx)
 	fill_addrs(e, (struct sock_common *)req);
 	if (sk)
 		fill_netns(e, sk);
+	fill_drop(e);
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;
@@ -203,6 +313,7 @@ int BPF_KPROBE(retrans_tlp, struct sock *sk)
 	/* No skb here: the probe's next sequence and the oldest unacked one. */
 	e->seq = BPF_CORE_READ((struct tcp_sock *)sk, snd_nxt);
 	e->ack_seq = BPF_CORE_READ((struct tcp_sock *)sk, snd_una);
+	fill_drop(e);
 	kp_rb_submit(e, &events);
 	kp_stat_inc(&stats, KP_STAT_EMITTED);
 	return 0;

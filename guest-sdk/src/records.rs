@@ -1569,7 +1569,7 @@ impl Default for IotPath {
     }
 }
 
-/// `struct kp_tcp_retransmit_event`, 136 bytes.
+/// `struct kp_tcp_retransmit_event`, 152 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpRetransmitEvent {
     /// `struct kp_event_header hdr` at byte 0: current (often the timer softirq's interrupted
@@ -1617,11 +1617,18 @@ pub struct TcpRetransmitEvent {
     pub saddr: [u8; 16],
     /// `__u8 daddr[16]` at bytes 120..136: remote address, network order (IPv4: 4 bytes).
     pub daddr: [u8; 16],
+    /// `__u64 drop_location` at byte 136: kfree_skb location of this IPv4 flow's last drop
+    /// (either direction) within drop_window_ns before the retransmit, 0 = none seen.
+    pub drop_location: u64,
+    /// `__u32 drop_reason` at byte 144: its enum skb_drop_reason (0: kernel has none).
+    pub drop_reason: u32,
+    /// `__u32 drop_age_us` at byte 148: how long before the retransmit, microseconds.
+    pub drop_age_us: u32,
 }
 
 impl TcpRetransmitEvent {
     /// `sizeof(struct kp_tcp_retransmit_event)`.
-    pub const SIZE: usize = 136;
+    pub const SIZE: usize = 152;
 
     /// The record at the start of `bytes`; `None` if `bytes` is shorter than
     /// [`Self::SIZE`].
@@ -1665,6 +1672,9 @@ impl TcpRetransmitEvent {
             icsk_pending: u8::from_le_bytes(take(b, at + 103)),
             saddr: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 104 + i0))),
             daddr: core::array::from_fn(|i0| u8::from_le_bytes(take(b, at + 120 + i0))),
+            drop_location: u64::from_le_bytes(take(b, at + 136)),
+            drop_reason: u32::from_le_bytes(take(b, at + 144)),
+            drop_age_us: u32::from_le_bytes(take(b, at + 148)),
         }
     }
 
@@ -1694,6 +1704,9 @@ impl TcpRetransmitEvent {
         for (i0, v0) in self.daddr.iter().enumerate() {
             put(out, at + 120 + i0, &v0.to_le_bytes());
         }
+        put(out, at + 136, &self.drop_location.to_le_bytes());
+        put(out, at + 144, &self.drop_reason.to_le_bytes());
+        put(out, at + 148, &self.drop_age_us.to_le_bytes());
     }
 }
 

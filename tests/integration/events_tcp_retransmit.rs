@@ -221,6 +221,40 @@ fn data_syn_and_synack_retransmits_carry_addresses_ports_and_reason() {
         );
     }
 
+    // drop_location: the iptables DROP of this flow (netfilter frees the segment: in
+    // nft_do_chain with Debian's nft-backed iptables, nf_hook_slow with the legacy one), seen by the plugin's kfree_skb hook and
+    // reported with the retransmit it caused: the data and SYN segments' own drops, and for
+    // the SYN-ACK the client's dropped ACK (the flow's other direction).
+    for (kind, docs) in [("data", &data), ("SYN", &syn), ("SYN-ACK", &synack)] {
+        let located: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d.get("drop_location").is_some())
+            .collect();
+        eprintln!(
+            "{kind}: {} of {} retransmits with a drop_location, e.g. {:?}",
+            located.len(),
+            docs.len(),
+            located.first().map(|d| (
+                &d["drop_location"],
+                &d["drop_reason_code"],
+                &d["drop_age_ms"]
+            ))
+        );
+        assert!(
+            !located.is_empty(),
+            "{kind}: no retransmit carries its drop: {docs:?}"
+        );
+        for d in located {
+            let location = d["drop_location"].as_str().unwrap();
+            assert!(
+                location.starts_with("nf_") || location.starts_with("nft_"),
+                "{kind}: dropped by iptables, not at {location}: {d}"
+            );
+            let age = d["drop_age_ms"].as_f64().unwrap();
+            assert!((0.0..=2000.0).contains(&age), "{kind}: {d}");
+        }
+    }
+
     // Documents are host-level here (host netns) and typed as events; every retransmit is
     // counted in the kernel by event type.
     let docs = documents(&agent);

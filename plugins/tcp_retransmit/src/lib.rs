@@ -34,6 +34,10 @@ struct Settings {
     /// Also trace tail loss probes (HUATUO `EnableTLP`, off by default): a kprobe on
     /// `tcp_send_loss_probe`, so only where the kernel has kprobes.
     enable_tlp: bool,
+    /// `drop_location`: a drop of the same flow (either direction) at most this long before
+    /// the retransmit is reported with it (HUATUO: dropwatch's events of the last 2 s).
+    /// Adds a hook on `skb/kfree_skb`, which runs on drops only; 0 = off, not attached.
+    drop_window_ms: u64,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
         Self {
             max_events_per_second: 100,
             enable_tlp: false,
+            drop_window_ms: 2000,
         }
     }
 }
@@ -92,6 +97,16 @@ struct Retransmit {
     net_namespace_inum: u32,
     #[serde(skip_serializing_if = "is_zero_u64")]
     net_namespace_cookie: u64,
+    /// Where the kernel last dropped a segment of this flow (either direction) within
+    /// `drop_window_ms` before the retransmit (`symbol+0xoff`); empty if none was seen.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    drop_location: String,
+    /// That drop's `enum skb_drop_reason` value (0: none seen, or a kernel without reasons).
+    #[serde(skip_serializing_if = "is_zero")]
+    drop_reason_code: u32,
+    /// How long before the retransmit the drop was, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_age_ms: Option<f64>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -107,7 +122,7 @@ kpulse_sdk::register!(TcpRetransmit {
     version: "0.1.0",
     interval: 10,
     kinds: [tracing, metric],
-    capabilities: ["bpf", "containers"],
+    capabilities: ["bpf", "containers", "kallsyms"],
     summary: "TCP retransmissions with addresses, state and reason (tcp/tcp_retransmit_*)",
 });
 
@@ -129,8 +144,15 @@ impl Tracing for TcpRetransmit {
             &[
                 Global::u64("max_events_per_second", self.settings.max_events_per_second),
                 Global::u32("ratelimit_nr_cpus", bpf::ratelimit_nr_cpus()),
+                Global::u64(
+                    "drop_window_ns",
+                    self.settings.drop_window_ms.saturating_mul(1_000_000),
+                ),
             ],
         )?;
+        if self.settings.drop_window_ms > 0 {
+            object.attach("retrans_drop", Attach::tracepoint("skb", "kfree_skb"))?;
+        }
         object.attach(
             "retrans_skb",
             Attach::tracepoint("tcp", "tcp_retransmit_skb"),
@@ -164,7 +186,8 @@ impl Tracing for TcpRetransmit {
         _subscription: u64,
         records: bpf::Records<'_>,
     ) -> Result<()> {
-        let retransmits: Vec<Retransmit> = records.map(decode).collect();
+        let mut retransmits: Vec<Retransmit> = records.map(decode).collect();
+        symbolize_drops(&mut retransmits);
         let keys: Vec<containers::Key> = retransmits
             .iter()
             .map(|r| containers::Key::NetnsInum(r.net_namespace_inum))
@@ -264,6 +287,39 @@ fn decode(r: Record<'_>) -> Retransmit {
         cpu: h.cpu,
         net_namespace_inum: e.netns_inum,
         net_namespace_cookie: e.netns_cookie,
+        // Symbolized per batch by `symbolize_drops`.
+        drop_location: if e.drop_location == 0 {
+            String::new()
+        } else {
+            format!("0x{:x}", e.drop_location)
+        },
+        drop_reason_code: e.drop_reason,
+        drop_age_ms: (e.drop_location != 0).then_some(f64::from(e.drop_age_us) / 1000.0),
+    }
+}
+
+/// Replaces the drop locations' addresses with kernel symbols, one host call per batch;
+/// where symbolization is refused or fails the addresses stay.
+fn symbolize_drops(retransmits: &mut [Retransmit]) {
+    let addresses: Vec<u64> = retransmits
+        .iter()
+        .filter_map(|r| u64::from_str_radix(r.drop_location.strip_prefix("0x")?, 16).ok())
+        .collect();
+    if addresses.is_empty() {
+        return;
+    }
+    let Ok(symbols) = bpf::symbolize(&addresses) else {
+        return;
+    };
+    let mut symbols = symbols.into_iter();
+    for retransmit in retransmits
+        .iter_mut()
+        .filter(|r| r.drop_location.starts_with("0x"))
+    {
+        match symbols.next() {
+            Some(symbol) => retransmit.drop_location = symbol,
+            None => break,
+        }
     }
 }
 
