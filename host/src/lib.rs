@@ -28,6 +28,7 @@ pub mod record;
 pub mod remote;
 pub mod runtime;
 pub mod rxstamp;
+pub mod same_file;
 pub mod sinks;
 pub mod statfs;
 pub mod storage;

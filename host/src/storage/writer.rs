@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -308,12 +307,7 @@ fn write_fully(file: &mut File, bytes: &[u8]) -> (usize, std::io::Result<()>) {
 /// `file` is still what `path` names, at the size this writer left it (an fstat and a
 /// stat per batch).
 fn still_ours(file: &File, size: u64, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => {
-            open.dev() == named.dev() && open.ino() == named.ino() && open.len() == size
-        }
-        _ => false,
-    }
+    crate::same_file::same_file(file, path).is_some_and(|(same, len)| same && len == size)
 }
 
 fn newlines(bytes: &[u8]) -> u64 {

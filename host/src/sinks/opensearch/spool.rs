@@ -23,7 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,14 +131,10 @@ fn open_segment(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// `file` is still what `path` names (not unlinked, not moved away).
+/// `file` is still what `path` names (not unlinked, not moved away); a failed `fstat`
+/// says nothing about the path, so the file is then left alone.
 fn still_linked(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        // An fstat that fails says nothing about the path: leave the file alone.
-        (Err(_), _) => true,
-        (Ok(_), Err(_)) => false,
-    }
+    crate::same_file::same_file(file, path).is_none_or(|(same, _)| same)
 }
 
 /// Copies the whole of `from` (an open, possibly unlinked, segment) into a new file at `path`.
