@@ -1,4 +1,5 @@
-//! `dropwatch` on the real kernel: UDP to a closed port is dropped with reason NO_SOCKET.
+//! `dropwatch` on the real kernel: UDP and TCP to a closed port are dropped with reason
+//! NO_SOCKET; by default only the TCP drops become events, every drop is counted.
 
 use std::time::Duration;
 
@@ -7,7 +8,11 @@ use kpulse_integration_tests::{Agent, plugin_wasm, sample_with, wait_for};
 #[test]
 fn udp_to_closed_port_gives_no_socket_drops() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();
-    let agent = Agent::start("dropwatch", &[plugin_wasm("dropwatch")], "");
+    let agent = Agent::start(
+        "dropwatch",
+        &[plugin_wasm("dropwatch")],
+        "[plugins.dropwatch]\nprotocols = [\"udp\"]\n",
+    );
     agent.wait_state("dropwatch", "running", Duration::from_secs(20));
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -62,6 +67,76 @@ fn udp_to_closed_port_gives_no_socket_drops() {
     assert!(drops >= 5.0, "{drops}");
 }
 
+/// HUATUO's default filter is "tcp": with the defaults a refused TCP connection (its SYN
+/// dropped, NO_SOCKET) is an event, while UDP drops are only counted, by reason.
+#[test]
+fn by_default_only_tcp_drops_are_events_and_every_drop_is_counted() {
+    let _serial = kpulse_integration_tests::kfree_skb_lock();
+    let agent = Agent::start("dropwatch-tcp", &[plugin_wasm("dropwatch")], "");
+    agent.wait_state("dropwatch", "running", Duration::from_secs(20));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let counted = |metrics: &str| {
+        sample_with(
+            metrics,
+            "kpulse_dropwatch_drops_total",
+            "reason=\"NO_SOCKET\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = counted(&agent.metrics());
+    const UDP_SENT: usize = 200;
+    for _ in 0..UDP_SENT {
+        let _ = sender.send_to(b"kpulse-udp", ("127.0.0.1", udp_port));
+    }
+    let tcp = wait_for(
+        Duration::from_secs(20),
+        "a TCP NO_SOCKET drop event",
+        || {
+            let refused = std::net::TcpStream::connect_timeout(&closed, Duration::from_secs(1));
+            assert!(refused.is_err(), "nobody listens on {closed}");
+            std::thread::sleep(Duration::from_millis(100));
+            let docs = agent.get("/events?tracer=dropwatch&limit=1000").json();
+            let docs = docs.as_array().cloned().unwrap_or_default();
+            docs.iter()
+                .any(|d| d["tracer_data"]["drop_reason"] == "NO_SOCKET")
+                .then_some(docs)
+        },
+    );
+    // Only TCP drops (the refused SYNs, and whatever else TCP drops on this host, such as
+    // queues purged on close): no UDP datagram (8 + 10 bytes) became an event.
+    for doc in &tcp {
+        let data = &doc["tracer_data"];
+        assert_ne!(
+            data["packet_len_bytes"],
+            8 + 10,
+            "a UDP drop was reported: {data}"
+        );
+        if data["drop_reason"] == "NO_SOCKET" {
+            assert!(
+                data["drop_location"].as_str().unwrap_or("").contains("tcp"),
+                "{data}"
+            );
+        }
+    }
+    let after = wait_for(Duration::from_secs(10), "the UDP drops counted", || {
+        let after = counted(&agent.metrics());
+        (after - before >= UDP_SENT as f64).then_some(after)
+    });
+    assert!(
+        after - before >= (UDP_SENT + 1) as f64,
+        "{before} -> {after}"
+    );
+}
+
 /// Pins the calling thread to `cpus` (children it spawns inherit the mask).
 fn pin_thread(cpus: &[usize]) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
@@ -94,7 +169,7 @@ fn rate_limit_holds_when_the_agent_may_run_on_fewer_cpus_than_the_kernel_has() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();
     const RATE: u64 = 20;
     let config = format!(
-        "[plugins.dropwatch]\nmax_events_per_second = {RATE}\nignore_not_specified = false\n"
+        "[plugins.dropwatch]\nmax_events_per_second = {RATE}\nignore_not_specified = false\nprotocols = [\"udp\"]\n"
     );
     // The agent inherits this thread's CPU mask: it may only run on CPU 0.
     let agent = std::thread::scope(|scope| {

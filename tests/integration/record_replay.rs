@@ -21,9 +21,14 @@ fn recorded_drops_replay_offline_without_root() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();
     let dir = scratch_dir("record");
     let recording = dir.join("dropwatch.kprec");
+    // UDP drops are only counted by default (HUATUO's filter is "tcp"): report them.
+    let config = dir.join("kpulse.toml");
+    std::fs::write(&config, "[plugins.dropwatch]\nprotocols = [\"udp\"]\n").unwrap();
     let mut recorder = Command::new(kpulse_bin())
         .args(["plugins", "record"])
         .arg(plugin_wasm("dropwatch"))
+        .arg("--config")
+        .arg(&config)
         .args(["--for", "4s"])
         .arg(&recording)
         .stderr(Stdio::piped())

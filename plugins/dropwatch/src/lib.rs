@@ -1,7 +1,11 @@
 //! `dropwatch`: every kernel packet drop (`skb/kfree_skb`) with its drop reason, the code
 //! location that dropped it, device, netns, protocol and kernel stack (HUATUO's dropwatch),
 //! rate-limited in the kernel. Metrics: drops per reason, counted in the kernel for every
-//! drop, including those the rate limit kept out of the event stream.
+//! drop, including those the filters and the rate limit kept out of the event stream.
+//!
+//! Events are reported for TCP drops only by default, as HUATUO's filter (`"tcp"`) does: a
+//! UDP flood overflowing a receiver's queue drops tens of thousands of packets a second,
+//! each counted by reason, none worth a stack and a document.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +28,10 @@ struct Settings {
     max_events_per_second: u64,
     /// Skip drops with reason NOT_SPECIFIED in the event stream (still counted).
     ignore_not_specified: bool,
+    /// IP protocols whose drops are reported as events (names such as `tcp`, `udp`, `icmp`,
+    /// `icmpv6`, `sctp`, or numbers 0–255); empty: every drop, IP or not. Every drop is
+    /// counted on `/metrics` whatever this says. HUATUO's default filter is `tcp`.
+    protocols: Vec<String>,
 }
 
 impl Default for Settings {
@@ -31,12 +39,54 @@ impl Default for Settings {
         Self {
             max_events_per_second: 100,
             ignore_not_specified: true,
+            protocols: vec!["tcp".to_owned()],
         }
     }
 }
 
+/// IP protocol numbers by the names `/etc/protocols` gives them.
+const PROTOCOL_NAMES: &[(&str, u8)] = &[
+    ("icmp", 1),
+    ("igmp", 2),
+    ("tcp", 6),
+    ("udp", 17),
+    ("gre", 47),
+    ("esp", 50),
+    ("ah", 51),
+    ("icmpv6", 58),
+    ("sctp", 132),
+    ("udplite", 136),
+];
+
+/// The 256-entry table the BPF program indexes by IP protocol, from `protocols`.
+fn protocol_table(protocols: &[String]) -> Result<Vec<u8>> {
+    let mut table = vec![0u8; 256];
+    for name in protocols {
+        let wanted = name.trim().to_ascii_lowercase();
+        let number = PROTOCOL_NAMES
+            .iter()
+            .find(|(known, _)| *known == wanted)
+            .map(|(_, number)| *number)
+            .or_else(|| wanted.parse::<u8>().ok())
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "protocols: {name:?} is neither a protocol name ({}) nor a number 0-255",
+                    PROTOCOL_NAMES
+                        .iter()
+                        .map(|(known, _)| *known)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        table[usize::from(number)] = 1;
+    }
+    Ok(table)
+}
+
 struct Dropwatch {
     settings: Settings,
+    /// `protocols` as the BPF program's table (index: IP protocol number).
+    protocol_table: Vec<u8>,
     object: Option<bpf::Object>,
     /// Reason code → name, from the tracepoint's format (this kernel's enum).
     reasons: BTreeMap<u32, String>,
@@ -79,8 +129,10 @@ kpulse_sdk::register!(Dropwatch {
 
 impl Plugin for Dropwatch {
     fn init(config: Config) -> Result<Self> {
+        let settings: Settings = config.parse()?;
         Ok(Dropwatch {
-            settings: config.parse()?,
+            protocol_table: protocol_table(&settings.protocols)?,
+            settings,
             object: None,
             reasons: BTreeMap::new(),
             events: 0,
@@ -102,6 +154,11 @@ impl Tracing for Dropwatch {
                     "ignore_reason_not_specified",
                     u32::from(self.settings.ignore_not_specified),
                 ),
+                Global::u32(
+                    "filter_protocols",
+                    u32::from(!self.settings.protocols.is_empty()),
+                ),
+                Global::bytes("report_protocols", self.protocol_table.clone()),
             ],
         )?;
         object.attach("kfree_skb", Attach::tracepoint("skb", "kfree_skb"))?;
@@ -177,7 +234,7 @@ impl Collector for Dropwatch {
         let mut metrics = vec![metric::counter(
             "events",
             self.events as f64,
-            "Drop events saved (after the rate limit).",
+            "Drop events saved (after the filters and the rate limit).",
         )];
         if let Some(object) = &self.object {
             for (key, value) in object.entries("drop_reasons")? {
@@ -221,5 +278,24 @@ mod tests {
         let r = parse_reasons(f);
         assert_eq!(r.get(&3).map(String::as_str), Some("NO_SOCKET"));
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn protocols_by_name_or_number() {
+        let table = protocol_table(&["TCP".to_owned(), "17".to_owned(), "icmpv6".to_owned()])
+            .expect("known names and a number");
+        let set: Vec<usize> = (0..256).filter(|&n| table[n] != 0).collect();
+        assert_eq!(set, [6, 17, 58]);
+        assert!(
+            protocol_table(&[])
+                .expect("empty is valid")
+                .iter()
+                .all(|&b| b == 0)
+        );
+        let err = protocol_table(&["tpc".to_owned()])
+            .expect_err("a typo is refused")
+            .to_string();
+        assert!(err.contains("\"tpc\"") && err.contains("udp"), "{err}");
+        assert!(protocol_table(&["256".to_owned()]).is_err());
     }
 }
