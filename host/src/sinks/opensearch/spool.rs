@@ -171,6 +171,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
         if let Some(seq) = name
             .strip_suffix(".ndjson")
             .and_then(|s| s.parse::<u64>().ok())
+            // Not a segment the spool writes: none can follow it (found by fuzzing).
+            .filter(|&seq| seq < u64::MAX)
         {
             segments.push(seq);
         }
@@ -218,7 +220,10 @@ impl Spool {
             Ok(text) => {
                 let mut parts = text.split_whitespace().map(str::parse::<u64>);
                 match (parts.next(), parts.next()) {
-                    (Some(Ok(segment)), Some(Ok(offset))) => Position { segment, offset },
+                    // u64::MAX has no segment after it: a position there is corrupt.
+                    (Some(Ok(segment)), Some(Ok(offset))) if segment < u64::MAX => {
+                        Position { segment, offset }
+                    }
                     _ => {
                         // Not fatal: the spool starts over from its oldest segment (the
                         // cluster's `create` by `_id` makes the re-send idempotent), and the

@@ -195,6 +195,25 @@ fn spool_past_a_vanished_committed_segment_reads_new_documents() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by fuzzing: a `committed` position in segment u64::MAX made the spool write a
+/// segment of that number, and the next open overflowed computing the one after it.
+#[test]
+fn spool_position_at_the_last_segment_number_is_corrupt_not_a_panic() {
+    let dir = scratch("spool-last-segment");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("committed"), format!("{} 0", u64::MAX)).unwrap();
+    std::fs::write(dir.join(format!("{}.ndjson", u64::MAX)), "{\"x\":1}\n").unwrap();
+    for _ in 0..2 {
+        let spool = Spool::open(&dir, 1 << 20, 1 << 10, FullPolicy::DropNewest).unwrap();
+        spool.push(r#"{"new":1}"#);
+        spool.flush();
+        let mut cursor = spool.cursor();
+        let entries = spool.read(&mut cursor, 1 << 20).unwrap();
+        assert!(entries.iter().any(|e| e.line == r#"{"new":1}"#));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn spool_deleted_while_running_restores_the_segment_being_written() {
     let dir = scratch("spool-deleted");
