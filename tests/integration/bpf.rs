@@ -176,6 +176,39 @@ fn bpf_denied_by_policy_is_typed_and_contained() {
     assert_eq!(agent.plugin("loadavg").unwrap()["state"], "running");
 }
 
+/// A program the verifier rejects (a map value used without a NULL check): the plugin fails
+/// with the verifier's own words, is retried and then quarantined; its maps go with each
+/// failed attempt, and the plugin beside it runs on.
+#[test]
+fn a_program_the_verifier_rejects_fails_its_plugin_with_the_log_and_leaves_nothing() {
+    let _serial = kpulse_integration_tests::rejected_guest_lock();
+    let agent = Agent::start(
+        "bpf-rejected",
+        &[guest_wasm("rejected"), plugin_wasm("loadavg")],
+        "[runtime]\nquarantine_after = 2\n[policy]\nbpf_allow = [\"rejected\"]\n",
+    );
+    let plugin = agent.wait_state("rejected", "quarantined", Duration::from_secs(60));
+    let error = plugin["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("start failed")
+            && error.contains("Verifier output")
+            && error.contains("invalid mem access"),
+        "the reason names the verifier and its complaint: {error}"
+    );
+    assert_eq!(
+        sample(&agent.metrics(), "kpulse_rejected_attached{"),
+        None,
+        "a quarantined plugin exports nothing"
+    );
+    assert_eq!(agent.plugin("loadavg").unwrap()["state"], "running");
+    assert!(sample(&agent.metrics(), "kpulse_loadavg_load1{").is_some());
+    assert_eq!(
+        kpulse_integration_tests::bpf_map_ids_named("kp_rejected"),
+        Vec::<u64>::new(),
+        "the rejected object's map stayed loaded"
+    );
+}
+
 #[test]
 fn missing_kernel_features_are_typed_not_supported() {
     let _serial = kpulse_integration_tests::kfree_skb_lock();

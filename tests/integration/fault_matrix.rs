@@ -11,15 +11,17 @@
 //! to `target/test-artifacts/fault-matrix.md`):
 //! - every document in the local store (including those deleted with the directory) is
 //!   there once, and in the cluster exactly once, except those the agent counted as dropped
-//!   (the disk full or read-only, spool segments deleted before delivery);
+//!   (the disk full or read-only, spool segments deleted before delivery) and those
+//!   dead-lettered on a mapping conflict;
 //! - no agent crash; SIGTERM drains within 10 s;
 //! - the escaper guest (which tries every way out of its sandbox the tests know) got
 //!   nothing it was not granted.
 //!
-//! Not in this matrix: attach failure (the `kprobe` guest in `bpf.rs`: typed not-supported,
-//! tracepoint fallback), the mapping conflict (`opensearch.rs`, dead-lettered), TLS failures
-//! (`opensearch_secure.rs`), each a test of its own; and a program the verifier rejects,
-//! which no test provokes yet.
+//! The BPF faults from inside: a program the verifier rejects (the `rejected` test guest) and
+//! an attach the kernel refuses (the `kprobe` guest, with its tracepoint fallback). Then the
+//! cluster's faults that need a restart: mapping conflicts (docgen's `conflict_every`, the
+//! rejected documents dead-lettered, and excused in the sum by their ids in the dead-letter
+//! file) and a TLS failure (`https://` to the plain endpoint).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -192,6 +194,22 @@ fn error_lines(log: &str, needle: &str) -> usize {
         .count()
 }
 
+/// The document ids of the dead-letter file whose cluster answer was a mapping conflict, one
+/// per line (a batch re-sent after a kill is rejected, and written, again).
+fn dead_lettered(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| {
+            record["status"] == 400
+                && record["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("mapper_parsing_exception"))
+        })
+        .filter_map(|record| Some(record["document"]["tracer_id"].as_str()?.to_owned()))
+        .collect()
+}
+
 /// A small deterministic pseudo-random sequence (xorshift), for the kill points.
 struct Xorshift(u64);
 
@@ -309,7 +327,7 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
     let bpf_allow: Vec<String> = builtin_plugins()
         .iter()
         .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
-        .chain(["ringbench".to_owned()])
+        .chain(["ringbench", "rejected", "kprobe"].map(str::to_owned))
         .collect();
     let config = format!(
         "[policy]\nbpf_allow = {bpf_allow:?}\n\n\
@@ -861,6 +879,174 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         secs,
     );
 
+    // (d) A program the verifier rejects: the `rejected` guest (a map value used without a
+    // NULL check) dropped into the plugin directory. Its start fails with the verifier's
+    // log, it is retried with back-off and quarantined, none of its maps stays loaded, and
+    // the other plugins run on.
+    let running_before = running(&h);
+    let started = Instant::now();
+    install(&plugins, &guest_wasm("rejected"));
+    let quarantined = {
+        let _serial = kpulse_integration_tests::rejected_guest_lock();
+        let plugin = h
+            .agent()
+            .wait_state("rejected", "quarantined", Duration::from_secs(90));
+        let maps_left = kpulse_integration_tests::bpf_map_ids_named("kp_rejected");
+        assert!(
+            maps_left.is_empty(),
+            "the rejected object's maps: {maps_left:?}"
+        );
+        plugin
+    };
+    let error = quarantined["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("Verifier output") && error.contains("invalid mem access"),
+        "the reason carries the verifier's log: {error}"
+    );
+    let secs = started
+        .elapsed()
+        .as_secs_f64()
+        .max(h.wait_writing("docgen to keep saving beside the rejected plugin"));
+    assert!(
+        running(&h) >= running_before,
+        "plugins stopped beside the rejected one"
+    );
+    h.row(
+        "BPF program rejected by the verifier (a guest's map value used without a NULL check)",
+        1,
+        format!(
+            "plugin failed with the verifier's log (`invalid mem access`), retried, quarantined; no map of it left; {} plugins running",
+            running(&h)
+        ),
+        secs,
+    );
+    let _ = std::fs::remove_file(plugins.join("rejected.wasm"));
+
+    // (e) An attach the kernel refuses: the `kprobe` guest asks for a kprobe on
+    // `kfree_skb_reason`; this kernel has none (typed not-supported), a kernel with kprobes
+    // refuses the guest's tracepoint program as the wrong type; either way the guest falls
+    // back to the tracepoint and runs.
+    let started = Instant::now();
+    install(&plugins, &guest_wasm("kprobe"));
+    h.agent()
+        .wait_state("kprobe", "running", Duration::from_secs(90));
+    let fell_back = wait_for(
+        Duration::from_secs(30),
+        "the kprobe guest to report its fallback",
+        || sample(&h.agent().metrics(), "kpulse_kprobe_fell_back{"),
+    );
+    let not_supported = sample(&h.agent().metrics(), "kpulse_kprobe_not_supported{").unwrap_or(0.0);
+    assert_eq!(fell_back, 1.0, "the kprobe guest did not fall back");
+    let secs = started.elapsed().as_secs_f64();
+    h.row(
+        "BPF attach refused (a kprobe on a kernel without kprobes)",
+        1,
+        format!(
+            "refused ({}), the guest fell back to the tracepoint and runs",
+            if not_supported > 0.0 {
+                "typed not-supported"
+            } else {
+                "wrong program type"
+            }
+        ),
+        secs,
+    );
+    let _ = std::fs::remove_file(plugins.join("kprobe.wasm"));
+
+    // 10. Mapping conflicts: docgen restarted with every 10th document carrying a string
+    // where the index maps a number. OpenSearch rejects those items (400,
+    // mapper_parsing_exception): each is dead-lettered and counted, the rest of its batch
+    // indexed. The final sum excuses exactly the dead-lettered ids.
+    let plain_config = h.config.clone();
+    h.kill9();
+    h.config = plain_config.replace(
+        "[plugins.docgen]\nper_tick = 1\n",
+        "[plugins.docgen]\nper_tick = 1\nconflict_every = 10\n",
+    );
+    assert_ne!(h.config, plain_config, "the docgen section moved");
+    h.start();
+    let started = Instant::now();
+    let rejected = wait_for(
+        Duration::from_secs(60),
+        "OpenSearch to reject the conflicting documents",
+        || {
+            let rejected = h.metric("kpulse_opensearch_documents_rejected_total");
+            (rejected >= 20.0).then_some(rejected)
+        },
+    );
+    h.kill9();
+    h.config = plain_config.clone();
+    h.start();
+    let secs = started
+        .elapsed()
+        .as_secs_f64()
+        .max(h.wait_drained("the spool to drain after the mapping conflicts"));
+    let dead_letters = dead_lettered(&data.join("opensearch/dead-letter.ndjson"));
+    assert!(
+        dead_letters.len() as f64 >= rejected,
+        "{rejected} rejected, {} dead-lettered",
+        dead_letters.len()
+    );
+    h.row(
+        "OpenSearch mapping conflicts (every 10th document a string where the index maps a number)",
+        rejected as u64,
+        format!(
+            "{rejected:.0} items rejected (400 mapper_parsing_exception) and counted; {} in the dead-letter file; the rest of their batches indexed",
+            dead_letters.len()
+        ),
+        secs,
+    );
+
+    // 11. TLS failure: the agent restarted with an `https://` address on the plain-HTTP
+    // endpoint (a scheme mismatch, what a wrong port or a proxy in between looks like): every
+    // handshake fails; documents stay spooled, the cause is logged; switched back, the spool
+    // drains.
+    h.kill9();
+    h.config = plain_config.replace(&proxy.url(), &proxy.url().replace("http://", "https://"));
+    assert_ne!(h.config, plain_config, "the sink address moved");
+    h.start();
+    let started = Instant::now();
+    let spooled = wait_for(
+        Duration::from_secs(60),
+        "documents to pile up in the spool behind the failing handshakes",
+        || {
+            let spooled = h.metric("kpulse_opensearch_spooled");
+            (spooled >= 300.0).then_some(spooled)
+        },
+    );
+    let indexed = h.metric("kpulse_opensearch_documents_indexed_total");
+    let tls_lines: Vec<String> = h
+        .agent()
+        .log()
+        .lines()
+        .filter(|l| (l.contains("ERROR") || l.contains("WARN")) && l.contains("OpenSearch"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(indexed, 0.0, "indexed through a failing handshake");
+    assert!(
+        tls_lines
+            .iter()
+            .any(|l| l.contains("the endpoint does not speak TLS")),
+        "the log names the cause: {tls_lines:#?}"
+    );
+    eprintln!("fault matrix: TLS failure logged as: {}", tls_lines[0]);
+    h.kill9();
+    h.config = plain_config;
+    h.start();
+    let secs = started
+        .elapsed()
+        .as_secs_f64()
+        .max(h.wait_drained("the spool to drain after the TLS failure"));
+    h.row(
+        "TLS failure (`https://` to a plain-HTTP endpoint: every handshake fails)",
+        1,
+        format!(
+            "{spooled:.0} documents spooled, none indexed, {} log lines naming OpenSearch and the cause (\"does not speak TLS\"); delivered after the fix",
+            tls_lines.len()
+        ),
+        secs,
+    );
+
     // The hostile guest, after everything: nothing leaked.
     let metrics = h.agent().metrics();
     let leaked = sample(&metrics, "kpulse_escaper_leaked{").unwrap_or(-1.0);
@@ -883,7 +1069,7 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         .collect();
     h.count_spool_drops();
 
-    // 10. SIGTERM under load: drains within 10 s and exits cleanly.
+    // 12. SIGTERM under load: drains within 10 s and exits cleanly.
     h.wait_drained("the spool to drain before the stop");
     let mut agent = h.agent.take().unwrap();
     let started = Instant::now();
@@ -914,9 +1100,11 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
     let remote = remote_ids(&format!("{prefix}-*"));
     let local_duplicates = local.windows(2).filter(|w| w[0] == w[1]).count();
     let remote_duplicates = remote.windows(2).filter(|w| w[0] == w[1]).count();
+    let dead_letters = dead_lettered(&data.join("opensearch/dead-letter.ndjson"));
     let missing: Vec<&String> = local
         .iter()
         .filter(|id| remote.binary_search(id).is_err())
+        .filter(|id| !dead_letters.contains(*id))
         .collect();
     let lost = (missing.len() as f64 - h.counted_spool_drops).max(0.0);
     let crashes: u64 = h.rows.iter().map(|r| r.crashes).sum();
@@ -937,13 +1125,17 @@ fn fault_matrix_keeps_the_agent_up_and_loses_no_document() {
         "\n| faults injected | agent crashes | documents lost | duplicated | out-of-grant reads allowed |\n\
          |---|---|---|---|---|\n\
          | {injected} ({} kinds) | {crashes} | {lost} | {} | {leaked} |\n\n\
-         {} documents in the local store (with those deleted in step 4b), {} in the cluster; {} missing remotely, all within \
+         {} documents in the local store (with those deleted in step 4b), {} in the cluster; {} dead-lettered on a mapping conflict (step 10); {} missing remotely otherwise, all within \
          the {} the agent counted as dropped (spool I/O on the full and read-only disk, finished segments deleted in step 4b). \
          The escaper made {attempts} attempts; {denied} reads denied.\n",
         h.rows.len(),
         local_duplicates + remote_duplicates,
         local.len(),
         remote.len(),
+        dead_letters
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         missing.len(),
         h.counted_spool_drops,
     );

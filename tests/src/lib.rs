@@ -484,6 +484,36 @@ pub fn kfree_skb_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Serializes the tests that load the `rejected` guest (whose map, `kp_rejected`, they count).
+pub fn rejected_guest_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ids of the kernel's BPF maps named `name` (`bpftool map show`; names are cut at 15 bytes).
+pub fn bpf_map_ids_named(name: &str) -> Vec<u64> {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .output()
+        .expect("bpftool (Debian package bpftool) must be installed");
+    assert!(
+        output.status.success(),
+        "bpftool map show: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let maps: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Array(Vec::new()));
+    maps.as_array()
+        .map(|maps| {
+            maps.iter()
+                .filter(|m| m["name"] == name)
+                .filter_map(|m| m["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Serializes the tests that probe libc's `getsid` (programs named `on_getsid`).
 pub fn getsid_probe_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -72,6 +72,11 @@ fn describe(err: &reqwest::Error) -> String {
         text.push_str(
             " (TLS: the cluster's certificate is not trusted: set ca_file to the CA that signed it, or check the address's host name)",
         );
+    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        // rustls read something that is not a TLS record: a plain-HTTP endpoint answered.
+        text.push_str(
+            " (TLS: the endpoint does not speak TLS: is the address https:// where the cluster serves http://?)",
+        );
     } else if err.is_connect() {
         text.push_str(" (cluster unreachable)");
     } else if err.is_timeout() {

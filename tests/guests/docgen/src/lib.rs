@@ -7,6 +7,9 @@
 //! on each `update`, the latency quantiles of the saves since the previous `update` (so a
 //! scrape at the start and one at the end of a run give the run's figures), plus cumulative
 //! counters for the mean.
+//!
+//! With `conflict_every = N`, every N-th document carries a string where the index maps a
+//! number, which OpenSearch rejects (the fault matrix's mapping conflict).
 
 use std::time::Duration;
 
@@ -15,6 +18,9 @@ use kpulse_sdk::prelude::*;
 struct DocGen {
     per_tick: u64,
     tick_ms: u64,
+    /// Every `conflict_every`-th document (0: none) has a string where the index maps a
+    /// number (`running`), so OpenSearch rejects it with a mapping conflict.
+    conflict_every: u64,
     saved: u64,
     refused: u64,
     /// Nanoseconds spent in `storage::save`, all calls so far.
@@ -37,6 +43,7 @@ impl Plugin for DocGen {
         Ok(DocGen {
             per_tick: config.get_or("per_tick", 10)?,
             tick_ms: config.get_or("tick_ms", 10)?,
+            conflict_every: config.get_or("conflict_every", 0)?,
             saved: 0,
             refused: 0,
             save_ns_total: 0,
@@ -54,8 +61,14 @@ impl Tracing for DocGen {
     fn on_timer(&mut self, ctx: &mut Context, _timer: TimerId) -> Result<()> {
         for _ in 0..self.per_tick {
             let n = self.saved + self.refused;
+            let conflicting = self.conflict_every > 0 && n.is_multiple_of(self.conflict_every);
+            let running = if conflicting {
+                serde_json::json!("not a number")
+            } else {
+                serde_json::json!(n % 7)
+            };
             let data = serde_json::json!({
-                "running": n % 7,
+                "running": running,
                 "running_per_cpu": 1.5,
                 "load1": 0.42,
                 "mem_available_bytes": 1_234_567_890u64,
