@@ -67,12 +67,12 @@ if [ -f target/test-artifacts/fault-matrix.md ]; then
     cat target/test-artifacts/fault-matrix.md
 fi
 # Fuzzing (scripts/fuzz.sh, cargo-fuzz on stable): every parser of untrusted bytes, bounded
-# for CI: 20 s per target, 11 targets, so about 4 minutes of fuzzing plus about 14 minutes
+# for CI: 40 s per target, 11 targets, so about 8 minutes of fuzzing plus about 14 minutes
 # for the first (instrumented, fuzz/target) build on 2 cores. KPULSE_FUZZ_SECONDS changes
 # the time per target; KPULSE_FUZZ=0 skips it.
 if [ "${KPULSE_FUZZ:-1}" = 1 ]; then
     echo "== fuzz"
-    scripts/fuzz.sh "${KPULSE_FUZZ_SECONDS:-20}"
+    scripts/fuzz.sh "${KPULSE_FUZZ_SECONDS:-40}"
 fi
 # The kernel matrix (scripts/kernel-matrix.sh): the agent on Debian's 6.1 kernel under qemu
 # software emulation, for the kprobe, fentry and cgroup v2 paths this host lacks. About 3 to
