@@ -24,7 +24,8 @@
 //! runs) and `KPULSE_PACKETS_ROUNDS` (6) narrow a run to the comparison at hand with more
 //! rounds: `KPULSE_PACKETS_ARMS=defaults KPULSE_PACKETS_ROUNDS=20` for the defaults' cost.
 //!
-//! Agents and bpftrace run [`SETTLE`] before their arm is measured (steady state).
+//! Agents and bpftrace run [`SETTLE`] (or `KPULSE_PACKETS_SETTLE_SECS`) before their arm is
+//! measured (steady state).
 //! `kernel.bpf_stats_enabled` stays 0 during every throughput arm (counting adds two clock
 //! reads to every program run). The BPF run time per program is measured afterwards, in a
 //! separate short window with statistics on, for the defaults and for the always-on mode,
@@ -52,6 +53,15 @@ const SECONDS: u64 = 8;
 const ROUNDS: usize = 6;
 /// How long an agent runs before its arm is measured.
 const SETTLE: Duration = Duration::from_secs(5);
+
+/// [`SETTLE`], or `KPULSE_PACKETS_SETTLE_SECS`: a longer settle asks whether a fresh agent's
+/// start-up (BPF loads and JIT, page faults, its first timers) still slows the flood after 5 s.
+fn settle() -> Duration {
+    std::env::var("KPULSE_PACKETS_SETTLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SETTLE, Duration::from_secs)
+}
 const PLUGINS: [&str; 7] = [
     "dropwatch",
     "softirq",
@@ -168,7 +178,7 @@ impl Bpftrace {
                 return None;
             }
             if bpftrace_programs() >= before + 4 {
-                std::thread::sleep(SETTLE);
+                std::thread::sleep(settle());
                 return Some(bpftrace);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -284,7 +294,7 @@ impl Arm {
             }
             // Steady state, as on a host where the agent runs for days: start-up (compile
             // children, BTF parses, first timers) is over before the packets are counted.
-            std::thread::sleep(SETTLE);
+            std::thread::sleep(settle());
             agent
         };
         let plain = |rate| Run { rate, agent: None };
@@ -400,7 +410,8 @@ pub fn packets() {
     let arms = Arm::selected();
     println!(
         "\n## Per-packet cost: loopback UDP (256 B, one sender, one receiver), {SECONDS} s per arm, \
-         {rounds} rounds, arm order rotated each round, kernel.bpf_stats_enabled = 0"
+         {rounds} rounds, arm order rotated each round, agents settle {} s, kernel.bpf_stats_enabled = 0",
+        settle().as_secs()
     );
     println!("event plugins: {}", PLUGINS.join(", "));
     let mut rates: Vec<Vec<Option<f64>>> = vec![Vec::new(); arms.len()];
@@ -516,12 +527,12 @@ fn bpf_run_time(plugins: &[PathBuf], config: &str, what: &str, flood_secs: u64) 
     for p in PLUGINS {
         agent.wait_state(p, "running", Duration::from_secs(60));
     }
-    std::thread::sleep(SETTLE);
+    std::thread::sleep(settle());
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     // By program id, sampled every second: softirq's window detaches its programs (and the
     // kernel forgets their statistics) inside a long flood, so one snapshot at the end would
     // miss them. At most the last second of each window is lost (an underestimate).
-    let before = program_stats_by_id();
+    let before = super::bpf_program_stats_by_id();
     let mut last = before.clone();
     let busy0 = machine_busy_ns();
     let agent_cpu0: u64 = super::thread_cpu_ns(agent.child.id()).values().sum();
@@ -531,7 +542,7 @@ fn bpf_run_time(plugins: &[PathBuf], config: &str, what: &str, flood_secs: u64) 
     let mut loaded_secs: std::collections::BTreeMap<String, u32> = Default::default();
     while !flood.is_finished() {
         std::thread::sleep(Duration::from_secs(1));
-        let sample = program_stats_by_id();
+        let sample = super::bpf_program_stats_by_id();
         let names: std::collections::BTreeSet<String> =
             sample.values().map(|(name, ..)| name.clone()).collect();
         for name in names {
@@ -546,7 +557,7 @@ fn bpf_run_time(plugins: &[PathBuf], config: &str, what: &str, flood_secs: u64) 
         .values()
         .sum::<u64>()
         .saturating_sub(agent_cpu0);
-    last.extend(program_stats_by_id());
+    last.extend(super::bpf_program_stats_by_id());
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     // Per program name: the run time each program id spent in the window.
     let mut after: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -590,30 +601,4 @@ fn bpf_run_time(plugins: &[PathBuf], config: &str, what: &str, flood_secs: u64) 
         (total_ns + agent_cpu) as f64 / (busy as f64).max(1.0) * 100.0,
     );
     drop(agent);
-}
-
-/// Every loaded BPF program's (name, run time ns, run count), by program id (`bpftool`).
-fn program_stats_by_id() -> std::collections::BTreeMap<u64, (String, u64, u64)> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let programs: serde_json::Value =
-        serde_json::from_slice(&output).unwrap_or(serde_json::Value::Null);
-    programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                (
-                    p["name"].as_str().unwrap_or("?").to_owned(),
-                    p["run_time_ns"].as_u64().unwrap_or(0),
-                    p["run_cnt"].as_u64().unwrap_or(0),
-                ),
-            ))
-        })
-        .collect()
 }

@@ -964,23 +964,38 @@ fn overhead() {
 /// kernel.bpf_stats_enabled = 1 to count).
 fn bpf_program_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
     let mut stats = std::collections::BTreeMap::new();
-    let Ok(output) = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-    else {
-        return stats;
-    };
-    let programs: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
-    for program in programs.as_array().into_iter().flatten() {
-        let name = program["name"].as_str().unwrap_or("?").to_owned();
-        let ns = program["run_time_ns"].as_u64().unwrap_or(0);
-        let runs = program["run_cnt"].as_u64().unwrap_or(0);
+    for (name, ns, runs) in bpf_program_stats_by_id().into_values() {
         let entry = stats.entry(name).or_insert((0, 0));
         entry.0 += ns;
         entry.1 += runs;
     }
     stats
+}
+
+/// Every loaded BPF program's (name, run time ns, run count), by program id (`bpftool`).
+fn bpf_program_stats_by_id() -> std::collections::BTreeMap<u64, (String, u64, u64)> {
+    let output = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let programs: serde_json::Value =
+        serde_json::from_slice(&output).unwrap_or(serde_json::Value::Null);
+    programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                (
+                    p["name"].as_str().unwrap_or("?").to_owned(),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// The workload with one event plugin at a time: which hooks cost what. Two paired rounds
