@@ -57,10 +57,10 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// [`SETTLE`], or `KPULSE_PACKETS_SETTLE_SECS`: a longer settle asks whether a fresh agent's
 /// start-up (BPF loads and JIT, page faults, its first timers) still slows the flood after 5 s.
 fn settle() -> Duration {
-    std::env::var("KPULSE_PACKETS_SETTLE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(SETTLE, Duration::from_secs)
+    Duration::from_secs(super::env_or(
+        "KPULSE_PACKETS_SETTLE_SECS",
+        SETTLE.as_secs(),
+    ))
 }
 const PLUGINS: [&str; 7] = [
     "dropwatch",
@@ -403,10 +403,7 @@ pub fn packets() {
     let stats_was =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-    let rounds: usize = std::env::var("KPULSE_PACKETS_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ROUNDS);
+    let rounds: usize = super::env_or("KPULSE_PACKETS_ROUNDS", ROUNDS);
     let arms = Arm::selected();
     println!(
         "\n## Per-packet cost: loopback UDP (256 B, one sender, one receiver), {SECONDS} s per arm, \
@@ -470,10 +467,7 @@ pub fn packets() {
         // 8 s arms above, each with a fresh agent, all fall inside its first window (if the
         // flood trips its counters at all: that depends on the day's squeezes and ksoftirqd
         // waits).
-        let sustained = std::env::var("KPULSE_PACKETS_SUSTAINED_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(140);
+        let sustained: u64 = super::env_or("KPULSE_PACKETS_SUSTAINED_SECS", 140);
         if sustained > 0 {
             bpf_run_time(
                 &plugins,

@@ -119,10 +119,7 @@ fn local_documents(dir: &std::path::Path) -> u64 {
 }
 
 pub fn soak() {
-    let minutes: f64 = std::env::var("KPULSE_SOAK_MINUTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60.0);
+    let minutes: f64 = super::env_or("KPULSE_SOAK_MINUTES", 60.0);
     let url =
         std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".to_owned());
     let upstream = url

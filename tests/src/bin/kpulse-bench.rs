@@ -960,6 +960,14 @@ fn overhead() {
     );
 }
 
+/// A bench knob from the environment: `name` parsed, or `default` when unset or unparsable.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Run time (ns) and run count of every loaded BPF program, by name (bpftool; needs
 /// kernel.bpf_stats_enabled = 1 to count).
 fn bpf_program_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
